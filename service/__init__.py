@@ -1,0 +1,60 @@
+"""service: an asyncio results API, and the SDK it is built from.
+
+Everything a user imports is re-exported here; ``__all__`` is the public contract
+(a test pins it)::
+
+    from service import ConnectionPool, ResultStore
+
+    async with ConnectionPool("postgresql+asyncpg://app@db/results") as pool:
+        store = ResultStore(pool)
+        await store.put("run-42", {"score": 0.93})
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"  # before the imports: service.api.openapi reads it
+
+from service.app import create_app
+from service.config import Settings
+from service.db.pool import ConnectionPool, PoolStats
+from service.db.results import Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
+from service.errors import (
+    ClosedError,
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidAnalysisId,
+    InvalidResult,
+    MalformedJSON,
+    PoolExhausted,
+    PreconditionFailed,
+    ResultError,
+    ResultNotFound,
+    ServiceError,
+)
+
+
+__all__ = [
+    "ClosedError",
+    "ConfigurationError",
+    "ConnectionPool",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "InvalidAnalysisId",
+    "InvalidResult",
+    "MalformedJSON",
+    "Page",
+    "PoolExhausted",
+    "PoolStats",
+    "PreconditionFailed",
+    "ResultError",
+    "ResultMeta",
+    "ResultNotFound",
+    "ResultStore",
+    "ServiceError",
+    "Settings",
+    "StoredResult",
+    "WriteOutcome",
+    "__version__",
+    "create_app",
+]

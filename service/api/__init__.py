@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, request validation and problem+json errors."""

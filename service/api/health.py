@@ -1,0 +1,37 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.responses import JSONResponse, Problem
+from service.db.pool import ConnectionPool
+from service.errors import DatabaseError
+
+READINESS_TIMEOUT = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    """200 while the process serves requests: restart it only when this fails."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """200 when the database answers within 2 s, else 503 (take it out of rotation)."""
+    pool: ConnectionPool = request.state.pool
+    checks = {"database": "ok", "cache": "not configured"}
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT):
+            await pool.ping()
+    except (DatabaseError, TimeoutError):
+        checks["database"] = "unavailable"
+        raise Problem(503, "the database is unavailable", slug="not-ready",
+                      headers={"Retry-After": "2"}, checks=checks) from None
+    return JSONResponse({"status": "ready", "checks": checks, "pool": pool.stats().as_dict()})
+
+
+routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

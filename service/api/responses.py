@@ -1,0 +1,135 @@
+"""Responses and RFC 9457 problem details: the one error-to-HTTP mapper.
+
+Every error leaves the service as ``application/problem+json`` with ``type``,
+``title``, ``status`` and ``detail``. Problems specific to this service have a
+``type`` under ``/problems/``; plain HTTP ones use ``about:blank`` as RFC 9457 asks.
+Details never carry SQL, driver messages or settings: those go to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import errors
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class JSONResponse(Response):
+    """A JSON response rendered with orjson (the service's one serializer)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class Problem(Exception):
+    """Raised by a route to answer with a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers or {}
+        self.extensions = extensions
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {
+            "type": f"/problems/{self.slug}" if self.slug else "about:blank",
+            "title": _title(self.slug, self.status),
+            "status": self.status,
+            "detail": self.detail,
+            **self.extensions,
+        }
+        return Response(
+            orjson.dumps(body), self.status, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
+        )
+
+
+# The problem types of this service: the same title for every occurrence of a type.
+TITLES = {
+    "bad-precondition": "Unsupported precondition header",
+    "bad-request": "Bad request",
+    "database-unavailable": "Database unavailable",
+    "invalid-analysis-id": "Invalid analysis id",
+    "invalid-parameter": "Invalid query parameter",
+    "invalid-result": "Invalid result document",
+    "malformed-json": "Malformed JSON",
+    "not-ready": "Not ready",
+    "payload-too-large": "Result too large",
+    "pool-exhausted": "Database connections exhausted",
+    "precondition-failed": "Precondition failed",
+    "result-not-found": "Result not found",
+    "unsupported-media-type": "Unsupported media type",
+}
+
+
+def _title(slug: str | None, status: int) -> str:
+    return TITLES[slug] if slug else HTTPStatus(status).phrase
+
+
+def problem_for(exc: Exception) -> Problem:
+    """Map any exception to the problem the client sees."""
+    match exc:
+        case Problem():
+            return exc
+        case HTTPException():
+            phrase = HTTPStatus(exc.status_code).phrase
+            detail = exc.detail if exc.detail and exc.detail != phrase else _DEFAULT_DETAIL.get(
+                exc.status_code, phrase
+            )
+            return Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+        case errors.InvalidAnalysisId():
+            return Problem(422, str(exc), slug="invalid-analysis-id")
+        case errors.MalformedJSON():
+            return Problem(400, str(exc), slug="malformed-json")
+        case errors.InvalidResult():
+            return Problem(422, str(exc), slug="invalid-result")
+        case errors.ResultNotFound():
+            return Problem(404, str(exc), slug="result-not-found")
+        case errors.PreconditionFailed():
+            return Problem(412, str(exc), slug="precondition-failed")
+        case errors.PoolExhausted():
+            return Problem(503, "every database connection is busy; retry shortly",
+                           slug="pool-exhausted", headers={"Retry-After": str(exc.retry_after)})
+        case errors.DatabaseUnavailable():
+            return Problem(503, "the database is unavailable; retry shortly",
+                           slug="database-unavailable", headers={"Retry-After": str(exc.retry_after)})
+        case _:
+            return Problem(500, "the server failed to handle this request; it has been logged")
+
+
+_DEFAULT_DETAIL = {
+    404: "no such resource",
+    405: "method not allowed on this resource",
+}
+
+
+async def handle_exception(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: log what the client must not see, answer a problem."""
+    problem = problem_for(exc)
+    if problem.status >= 500:
+        if isinstance(exc, errors.DatabaseError):
+            logger.warning("%s %s -> %d: %s", request.method, request.url.path, problem.status, exc)
+        else:
+            logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem.response()

@@ -1,0 +1,103 @@
+"""The results routes: ``/results/{analysis_id}`` and the keyset-paginated ``/results``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.body import read_limited, require_json
+from service.api.conditions import (
+    http_date,
+    if_none_match_hits,
+    not_modified_since,
+    parse_if_match,
+    parse_if_none_match_for_write,
+)
+from service.api.responses import JSONResponse, Problem
+from service.db.results import MAX_PAGE_SIZE, ResultMeta, ResultStore, validate_analysis_id
+
+DEFAULT_PAGE_SIZE = 100
+
+
+def _store(request: Request) -> ResultStore:
+    store: ResultStore = request.state.store
+    return store
+
+
+def _validators(meta: ResultMeta) -> dict[str, str]:
+    return {"ETag": meta.etag, "Last-Modified": http_date(meta.updated_at)}
+
+
+async def result_item(request: Request) -> Response:
+    """GET, HEAD, PUT and DELETE on one result."""
+    analysis_id = validate_analysis_id(request.path_params["analysis_id"])
+    method = request.method
+    if method in ("GET", "HEAD"):
+        return await _read(request, analysis_id)
+    if method == "PUT":
+        return await _write(request, analysis_id)
+    return await _delete(request, analysis_id)
+
+
+async def _read(request: Request, analysis_id: str) -> Response:
+    stored = await _store(request).get(analysis_id)
+    if stored is None:
+        raise Problem(404, f"no result with analysis_id {analysis_id!r}", slug="result-not-found")
+    headers = _validators(stored.meta)
+    headers["X-Cache"] = "MISS"
+    conditional = request.headers.get("if-none-match")
+    if if_none_match_hits(conditional, stored.meta) or (
+        conditional is None
+        and not_modified_since(request.headers.get("if-modified-since"), stored.meta)
+    ):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(stored.body))
+        return Response(b"", headers=headers, media_type="application/json")
+    return Response(stored.body, headers=headers, media_type="application/json")
+
+
+async def _write(request: Request, analysis_id: str) -> Response:
+    if_match = parse_if_match(request.headers.get("if-match"))
+    create_only = parse_if_none_match_for_write(request.headers.get("if-none-match"))
+    require_json(request)
+    body = await read_limited(request, request.state.settings.max_result_bytes)
+    outcome = await _store(request).put(
+        analysis_id, body, if_match=if_match, if_none_match=create_only
+    )
+    meta = outcome.meta
+    headers = _validators(meta)
+    if outcome.created:
+        headers["Location"] = f"/results/{analysis_id}"
+    content = {"analysis_id": analysis_id, "version": meta.version,
+               "updated_at": meta.as_dict()["updated_at"]}
+    return JSONResponse(content, 201 if outcome.created else 200, headers=headers)
+
+
+async def _delete(request: Request, analysis_id: str) -> Response:
+    if_match = parse_if_match(request.headers.get("if-match"))
+    await _store(request).delete(analysis_id, if_match=if_match)
+    return Response(status_code=204)
+
+
+async def result_list(request: Request) -> Response:
+    """One page of results in ``analysis_id`` order: ``?limit=1..1000&after=<id>``."""
+    raw_limit = request.query_params.get("limit")
+    limit = DEFAULT_PAGE_SIZE
+    if raw_limit is not None:
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+            raise Problem(422, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}",
+                          slug="invalid-parameter")
+        limit = int(raw_limit)
+    after = request.query_params.get("after")
+    page = await _store(request).list(limit=limit, after=after)
+    return JSONResponse({"items": [meta.as_dict() for meta in page.items], "next": page.next})
+
+
+routes = [
+    Route("/results", result_list, methods=["GET"]),
+    # The path convertor takes the rest of the path, slashes included, so "/results/a/b"
+    # and "/results/" reach the id check and get 422 rather than a confusing 404.
+    Route("/results/{analysis_id:path}", result_item, methods=["GET", "PUT", "DELETE"]),
+]

@@ -1,0 +1,119 @@
+"""The ``service`` command: ``serve`` and ``migrate``.
+
+Exit status: 0 success, 1 the work failed (database unreachable, ...), 2 bad usage or a
+bad setting (the message names the variable; no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+
+from service import __version__
+from service.config import Settings
+from service.errors import ConfigurationError, ServiceError
+from service.logs import configure_logging
+
+logger = logging.getLogger("service")
+
+
+def app_factory() -> Starlette:
+    """What uvicorn imports in each worker: settings from the environment, logging, app."""
+    from service.app import create_app
+
+    settings = Settings.from_environ()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        loop = "asyncio"
+    uvicorn.run(
+        "service.cli:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop=loop,
+        http="httptools",
+        lifespan="on",
+        access_log=args.access_log,
+        log_config=None,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        server_header=False,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.db.migrations import upgrade
+    from service.db.pool import ConnectionPool
+
+    async def run() -> str | None:
+        async with ConnectionPool.from_settings(settings) as pool:
+            _, after = await upgrade(pool, args.revision)
+            return after
+
+    revision = asyncio.run(run())
+    print(f"database is at revision {revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="service",
+        description="An asyncio results API. Settings come from the environment or ./.env.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service (applies pending migrations)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes, each with its own pool (default 1)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0,
+                       help="seconds SIGTERM waits for in-flight requests (default 30)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate.set_defaults(run=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 1) < 1:
+        print("service: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_environ()
+    except ConfigurationError as exc:
+        print(f"service: invalid setting {exc.variable}: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        code: int = args.run(args, settings)
+    except ServiceError as exc:
+        print(f"service: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Settings, read once from the environment (or a ``.env`` file) at start-up.
+
+Every value has an embedded default, so ``service serve`` runs with no settings at
+all: results go to an SQLite file and there is no Redis. A malformed value raises
+:class:`~service.errors.ConfigurationError` naming the variable; the CLI turns that
+into a one-line message and exit status 2 before anything is started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from starlette.config import Config
+
+from service.errors import ConfigurationError
+
+T = TypeVar("T")
+
+_DATABASE_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_ENCODINGS = ("zstd", "br", "gzip")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
+MiB = 1024 * 1024
+
+
+def default_sqlite_path() -> Path:
+    """Where the embedded database lives: ``$XDG_DATA_HOME/service/results.sqlite3``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "service" / "results.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be told, with the embedded defaults.
+
+    Build it with :meth:`from_environ` (what the CLI does) or directly in code;
+    construction validates every field the same way either way.
+    """
+
+    database_url: str = ""
+    redis_url: str | None = None
+    result_ttl: int = 3600
+    cache_prefix: str = "svc"
+    l1_max_bytes: int = 64 * MiB
+    l1_ttl: float = 5.0
+    db_pool_size: int = 20
+    db_max_overflow: int = 10
+    db_pool_timeout: float = 30.0
+    db_pool_recycle: int = 1800
+    db_pool_pre_ping: bool = True
+    db_connect_timeout: float = 5.0
+    db_statement_timeout: float = 30.0
+    compression_min_size: int = 500
+    compression_encodings: tuple[str, ...] = _ENCODINGS
+    max_result_bytes: int = MiB
+    admin_token: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    migrate_on_start: bool = True
+
+    def __post_init__(self) -> None:
+        url = _database_url(self.database_url or f"sqlite:///{default_sqlite_path()}")
+        object.__setattr__(self, "database_url", url.render_as_string(hide_password=False))
+        if self.redis_url is not None and self.redis_url.partition("://")[0] not in _REDIS_SCHEMES:
+            raise ConfigurationError("REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}")
+        _at_least("RESULT_TTL", self.result_ttl, 1)
+        _at_least("L1_MAX_BYTES", self.l1_max_bytes, 0)
+        _at_least("L1_TTL", self.l1_ttl, 0)
+        _at_least("DB_POOL_SIZE", self.db_pool_size, 1)
+        _at_least("DB_MAX_OVERFLOW", self.db_max_overflow, 0)
+        _at_least("DB_POOL_TIMEOUT", self.db_pool_timeout, 0)
+        _at_least("DB_POOL_RECYCLE", self.db_pool_recycle, -1)
+        _at_least("DB_CONNECT_TIMEOUT", self.db_connect_timeout, 0.001)
+        _at_least("DB_STATEMENT_TIMEOUT", self.db_statement_timeout, 0)
+        _at_least("COMPRESSION_MIN_SIZE", self.compression_min_size, 0)
+        _at_least("MAX_RESULT_BYTES", self.max_result_bytes, 2)
+        if not self.cache_prefix or ":" in self.cache_prefix:
+            raise ConfigurationError("CACHE_PREFIX", "must be non-empty and hold no ':'")
+        unknown = [e for e in self.compression_encodings if e not in _ENCODINGS]
+        if unknown or len(set(self.compression_encodings)) != len(self.compression_encodings):
+            raise ConfigurationError(
+                "COMPRESSION_ENCODINGS", f"a list without repeats of {', '.join(_ENCODINGS)}"
+            )
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigurationError("ADMIN_TOKEN", "must be at least 16 characters")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigurationError("LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigurationError("LOG_FORMAT", f"must be one of {', '.join(_LOG_FORMATS)}")
+
+    @property
+    def database(self) -> URL:
+        """The database URL as SQLAlchemy parses it (with the async driver named)."""
+        return make_url(self.database_url)
+
+    @property
+    def is_embedded_database(self) -> bool:
+        """True when results go to SQLite rather than PostgreSQL."""
+        return self.database.get_backend_name() == "sqlite"
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``) and ``env_file``.
+
+        The environment wins over the file; a missing file is not an error.
+        """
+        env = os.environ if environ is None else environ
+        file = env_file if env_file is not None and Path(env_file).is_file() else None
+        config = Config(env_file=file, environ=dict(env))
+
+        def read(name: str, cast: Callable[[str], T], default: T) -> T:
+            raw = config(name, default=None)
+            if raw is None or raw == "":
+                return default
+            try:
+                return cast(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(name, f"cannot read {raw!r}: {exc}") from None
+
+        def optional(name: str) -> str | None:
+            value = config(name, default=None)
+            return str(value) if value else None
+
+        return cls(
+            database_url=optional("DATABASE_URL") or "",
+            redis_url=optional("REDIS_URL"),
+            result_ttl=read("RESULT_TTL", _integer, 3600),
+            cache_prefix=read("CACHE_PREFIX", str, "svc"),
+            l1_max_bytes=read("L1_MAX_BYTES", _integer, 64 * MiB),
+            l1_ttl=read("L1_TTL", _number, 5.0),
+            db_pool_size=read("DB_POOL_SIZE", _integer, 20),
+            db_max_overflow=read("DB_MAX_OVERFLOW", _integer, 10),
+            db_pool_timeout=read("DB_POOL_TIMEOUT", _number, 30.0),
+            db_pool_recycle=read("DB_POOL_RECYCLE", _integer, 1800),
+            db_pool_pre_ping=read("DB_POOL_PRE_PING", _boolean, True),
+            db_connect_timeout=read("DB_CONNECT_TIMEOUT", _number, 5.0),
+            db_statement_timeout=read("DB_STATEMENT_TIMEOUT", _number, 30.0),
+            compression_min_size=read("COMPRESSION_MIN_SIZE", _integer, 500),
+            compression_encodings=read("COMPRESSION_ENCODINGS", _word_list, _ENCODINGS),
+            max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
+            admin_token=optional("ADMIN_TOKEN"),
+            log_level=read("LOG_LEVEL", str.lower, "info"),
+            log_format=read("LOG_FORMAT", str.lower, "text"),
+            migrate_on_start=read("MIGRATE_ON_START", _boolean, True),
+        )
+
+
+def _integer(raw: str) -> int:
+    try:
+        return int(raw.strip().replace("_", ""))
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def _number(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not one of true/false/1/0/yes/no/on/off")
+
+
+def _word_list(raw: str) -> tuple[str, ...]:
+    return tuple(word.strip().lower() for word in raw.split(",") if word.strip())
+
+
+def _at_least(name: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise ConfigurationError(name, f"must be at least {minimum}, got {value}")
+
+
+def _database_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError("DATABASE_URL", "is not a database URL") from None
+    driver = _DATABASE_DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ConfigurationError(
+            "DATABASE_URL",
+            f"unsupported scheme {url.drivername!r}; use postgresql+asyncpg:// or sqlite+aiosqlite://",
+        )
+    return url.set(drivername=driver)

@@ -1,0 +1,1 @@
+"""PostgreSQL (or the embedded SQLite) behind one pooled SQLAlchemy AsyncEngine."""

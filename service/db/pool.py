@@ -1,0 +1,334 @@
+"""ConnectionPool: the one AsyncEngine of a process, its pool, and its statistics.
+
+The specification's part 4, made asynchronous: SQLAlchemy's ``AsyncEngine`` on asyncpg
+(or aiosqlite for the embedded default) with ``AsyncAdaptedQueuePool``, the async twin of
+``QueuePool``. Two promises matter to callers:
+
+* a connection taken with ``async with pool.connection()`` always goes back to the pool,
+  also when the task is cancelled half-way;
+* failures arrive as this package's errors, fast: :class:`PoolExhausted` after
+  ``pool_timeout`` seconds of waiting, :class:`DatabaseUnavailable` when the server
+  cannot be reached. Nothing here retries or caches a failure, so the first request
+  after the database comes back gets a fresh connection and succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
+
+from service.config import Settings
+from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
+
+logger = logging.getLogger(__name__)
+
+# SQLSTATEs that mean "the server is not there right now" rather than "your SQL is wrong":
+# class 08 (connection exception), 53300 too_many_connections, 57P01-57P03 (shutdown,
+# crash, still starting) and 57014 query_canceled (our statement_timeout fired).
+_UNAVAILABLE_STATES = ("08", "53300", "57P01", "57P02", "57P03", "57014")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of the pool, cheap enough to take on every metrics scrape."""
+
+    size: int
+    """Connections the pool keeps open (``DB_POOL_SIZE``)."""
+    max_overflow: int
+    """Extra connections it may open under load (``DB_MAX_OVERFLOW``)."""
+    checked_out: int
+    """Connections in use right now."""
+    idle: int
+    """Open connections waiting in the pool."""
+    overflow: int
+    """Connections open beyond ``size`` right now."""
+    waiting: int
+    """Callers waiting for a connection (or for a new one to be opened) right now."""
+    timeouts: int
+    """Times a caller gave up waiting (each one a :class:`PoolExhausted`), since start."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The snapshot as a JSON-ready dict."""
+        return asdict(self)
+
+
+class ConnectionPool:
+    """Pooled async connections to the results database.
+
+    Usable on its own from any asyncio code::
+
+        async with ConnectionPool("postgresql+asyncpg://app@db/results") as pool:
+            async with pool.connection() as conn:
+                rows = (await conn.execute(text("SELECT 1"))).all()
+
+    ``connection()`` gives an autocommit connection: each statement commits by itself and
+    no BEGIN/ROLLBACK round trips are paid, which is what single-statement reads and
+    upserts want. ``transaction()`` gives one that commits when the block ends.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        pool_size: int = 20,
+        max_overflow: int = 10,
+        pool_timeout: float = 30.0,
+        pool_recycle: int = 1800,
+        pre_ping: bool = True,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        application_name: str = "service",
+    ) -> None:
+        self._url = make_url(url)
+        self._max_overflow = max_overflow
+        self._engine = _create_engine(
+            self._url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=pool_recycle,
+            pre_ping=pre_ping,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            application_name=application_name,
+        )
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._waiting = 0
+        self._timeouts = 0
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionPool:
+        """A pool configured by the ``DATABASE_URL`` and ``DB_*`` settings."""
+        return cls(
+            settings.database,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            pool_recycle=settings.db_pool_recycle,
+            pre_ping=settings.db_pool_pre_ping,
+            connect_timeout=settings.db_connect_timeout,
+            statement_timeout=settings.db_statement_timeout,
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying AsyncEngine, for callers that want SQLAlchemy directly."""
+        self._check_open()
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        return self._engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The database URL with any password masked: safe for logs and reports."""
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has run."""
+        return self._closed
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled autocommit connection, returned to the pool when the block exits.
+
+        Raises :class:`PoolExhausted` or :class:`DatabaseUnavailable` on checkout, and
+        :class:`DatabaseUnavailable` if the server goes away during the block.
+        """
+        conn = await self._checkout(self._autocommit)
+        try:
+            with _translate_errors():
+                yield conn
+        finally:
+            await _release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection inside a transaction that commits when the block succeeds.
+
+        An exception in the block rolls the transaction back and propagates.
+        """
+        conn = await self._checkout(self._engine)
+        try:
+            with _translate_errors():
+                async with conn.begin():
+                    yield conn
+        finally:
+            await _release(conn)
+
+    async def get_connection(self) -> AsyncConnection:
+        """The specification's call: a checked-out connection that the caller must close.
+
+        Prefer ``async with pool.connection()``, which cannot leak a connection.
+        """
+        return await self._checkout(self._engine)
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1``; raise :class:`DatabaseUnavailable` if the database does not answer."""
+        async with self.connection() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def stats(self) -> PoolStats:
+        """Live statistics of the pool (no I/O)."""
+        pool = self._engine.pool
+        if not isinstance(pool, QueuePool):  # pragma: no cover - we always build a QueuePool
+            raise TypeError(f"unexpected pool class {type(pool).__name__}")
+        return PoolStats(
+            size=pool.size(),
+            max_overflow=self._max_overflow,
+            checked_out=pool.checkedout(),
+            idle=pool.checkedin(),
+            overflow=max(0, pool.overflow()),
+            waiting=self._waiting,
+            timeouts=self._timeouts,
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection. Idempotent; the pool is unusable afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._engine.dispose()
+        logger.info("database pool closed url=%s", self.safe_url)
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the connection pool is closed")
+
+    async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
+        self._check_open()
+        self._waiting += 1
+        try:
+            return await engine.connect()
+        except PoolTimeoutError:
+            self._timeouts += 1
+            raise PoolExhausted("every database connection stayed busy; try again") from None
+        except (DBAPIError, OSError) as exc:
+            raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
+        finally:
+            self._waiting -= 1
+
+
+class _translate_errors:
+    """Turn "the server went away" during a block into :class:`DatabaseUnavailable`.
+
+    Other database errors (bad SQL, constraint violations) are the caller's to see.
+    A plain class rather than ``contextmanager`` so it adds no generator frame.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and _is_unavailable(exc)):
+            raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
+
+
+async def _release(conn: AsyncConnection) -> None:
+    # Shielded: if the task is cancelled while the connection is being returned, the
+    # return still completes in the background instead of leaking a checked-out slot.
+    await asyncio.shield(conn.close())
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    state = sqlstate(exc)
+    return state is not None and state.startswith(_UNAVAILABLE_STATES)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind a (wrapped) driver error, if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for attribute in ("sqlstate", "pgcode"):
+            value = getattr(seen, attribute, None)
+            if isinstance(value, str):
+                return value
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason without the statement or its parameters (they may hold data)."""
+    inner = getattr(exc, "orig", None) or exc
+    return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
+
+
+def _create_engine(url: URL, *, pre_ping: bool, connect_timeout: float,
+                   statement_timeout: float, application_name: str,
+                   **pool: Any) -> AsyncEngine:
+    connect_args: dict[str, Any]
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # sqlite3's timeout is how long a writer waits for the file lock (busy_timeout).
+        connect_args = {"timeout": max(connect_timeout, statement_timeout)}
+    else:
+        server_settings = {"application_name": application_name}
+        if statement_timeout:
+            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
+    engine = create_async_engine(url, pool_pre_ping=pre_ping, connect_args=connect_args, **pool)
+    if url.get_backend_name() == "sqlite":
+        _use_explicit_sqlite_transactions(engine)
+    return engine
+
+
+def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+
+    The sqlite3 module otherwise starts transactions implicitly and skips DDL, which
+    breaks transactional migrations. This is SQLAlchemy's documented recipe, with
+    ``BEGIN IMMEDIATE`` so a writer takes the lock up front rather than failing to
+    upgrade a read lock half-way. WAL lets readers go on while one writer writes.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

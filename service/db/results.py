@@ -1,0 +1,316 @@
+"""ResultStore: the results table, read and written with SQLAlchemy Core.
+
+PostgreSQL is the source of truth. Every write is one statement on an autocommit
+connection: atomic, and with no BEGIN/COMMIT round trips. The version counts up on
+every write of an id *including deletes*: a delete leaves a tombstone row (``result``
+NULL), so a re-created result continues at the next version and an ETag never comes
+back for different content.
+
+Documents go in and come out as JSON text. Bytes from a client are validated and stored
+as sent, never re-serialized, so nothing is rounded (orjson would turn an integer past
+64 bits into a float); PostgreSQL's JSONB then keeps numbers exactly. A read returns
+the stored text (``result::text`` on PostgreSQL) without parsing it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import Text, bindparam, case, cast, null, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import ColumnElement, Executable
+
+from service.db.pool import ConnectionPool, sqlstate
+from service.db.schema import results
+from service.errors import (
+    InvalidAnalysisId,
+    InvalidResult,
+    MalformedJSON,
+    PreconditionFailed,
+    ResultNotFound,
+)
+
+ANALYSIS_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_PAGE_SIZE = 1000
+
+IfMatch = int | Literal["*"] | None
+"""A version the stored result must have, ``"*"`` for "any live version", or None."""
+
+
+def validate_analysis_id(analysis_id: str) -> str:
+    """Return ``analysis_id`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ -``.
+
+    Raises :class:`InvalidAnalysisId` otherwise (``..`` alone is refused too: it would
+    read as a path segment in a URL).
+    """
+    if (
+        not isinstance(analysis_id, str)
+        or ANALYSIS_ID_PATTERN.fullmatch(analysis_id) is None
+        or analysis_id in (".", "..")
+    ):
+        shown = analysis_id[:40] if isinstance(analysis_id, str) else type(analysis_id).__name__
+        raise InvalidAnalysisId(
+            f"analysis_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -, got {shown!r}"
+        )
+    return analysis_id
+
+
+def encode_document(document: Mapping[str, Any] | bytes) -> str:
+    """Validate a result document and return the JSON text to store.
+
+    Bytes must be UTF-8 JSON whose top level is an object; they are returned as sent.
+    A mapping is serialized with orjson (datetimes as RFC 3339, UUIDs as strings,
+    dataclasses as objects). Raises :class:`MalformedJSON` for bytes that are not
+    JSON and :class:`InvalidResult` for anything else that is not an object.
+    """
+    if isinstance(document, bytes | bytearray | memoryview):
+        raw = bytes(document)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJSON(f"malformed JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidResult(f"a result must be a JSON object, not {_json_kind(parsed)}")
+        return raw.decode()
+    if not isinstance(document, Mapping):
+        raise InvalidResult(f"a result must be a mapping, not {type(document).__name__}")
+    try:
+        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError as exc:
+        raise InvalidResult(f"result cannot be serialized: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultMeta:
+    """What is known about a stored result besides its document."""
+
+    analysis_id: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def etag(self) -> str:
+        """The strong entity tag of this version, quoted as HTTP sends it."""
+        return f'"{self.version}"'
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: timestamps as RFC 3339 strings in UTC."""
+        return {
+            "analysis_id": self.analysis_id,
+            "version": self.version,
+            "created_at": _rfc3339(self.created_at),
+            "updated_at": _rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A result as stored: its metadata and its JSON text, ready to send."""
+
+    meta: ResultMeta
+    body: bytes
+
+    def document(self) -> dict[str, Any]:
+        """The document parsed into Python objects."""
+        parsed: dict[str, Any] = orjson.loads(self.body)
+        return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a :meth:`ResultStore.put` did."""
+
+    meta: ResultMeta
+    created: bool
+    """True when no live result existed before (HTTP 201), False when one was replaced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of the keyset-paginated listing."""
+
+    items: list[ResultMeta]
+    next: str | None
+    """Pass as ``after`` to get the next page; None on the last page."""
+
+
+class ResultStore:
+    """Reads and writes results in the database behind a :class:`ConnectionPool`.
+
+    Raises only this package's errors: :class:`InvalidAnalysisId`,
+    :class:`InvalidResult`, :class:`ResultNotFound`, :class:`PreconditionFailed`, and
+    the pool's :class:`DatabaseUnavailable` / :class:`PoolExhausted`.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._statements = _Statements(pool.dialect)
+
+    async def get(self, analysis_id: str) -> StoredResult | None:
+        """The live result under ``analysis_id``, or None."""
+        validate_analysis_id(analysis_id)
+        row = await self._first(self._statements.get, {"id": analysis_id})
+        if row is None:
+            return None
+        body, version, created_at, updated_at = row
+        return StoredResult(_meta(analysis_id, version, created_at, updated_at), body.encode())
+
+    async def put(
+        self,
+        analysis_id: str,
+        document: Mapping[str, Any] | bytes,
+        *,
+        if_match: IfMatch = None,
+        if_none_match: bool = False,
+    ) -> WriteOutcome:
+        """Store ``document`` as the new version of ``analysis_id``.
+
+        ``if_match`` makes the write conditional on the current version (``"*"``: on any
+        live version); ``if_none_match=True`` makes it create-only. A condition that
+        does not hold raises :class:`PreconditionFailed` and changes nothing.
+        """
+        validate_analysis_id(analysis_id)
+        params = {"id": analysis_id, "doc": encode_document(document), "ts": datetime.now(UTC)}
+        s = self._statements
+        if if_match is not None and if_none_match:
+            raise PreconditionFailed("If-Match and If-None-Match: * cannot both hold")
+        if if_match == "*":
+            row = await self._first(s.replace_live, params)
+        elif if_match is not None:
+            row = await self._first(s.replace_version, {**params, "expected": if_match})
+        else:
+            row = await self._first(s.create_only if if_none_match else s.upsert, params)
+        if row is None:
+            raise PreconditionFailed(_precondition_detail(analysis_id, if_match, if_none_match))
+        version, created_at, updated_at = row
+        meta = _meta(analysis_id, version, created_at, updated_at)
+        return WriteOutcome(meta, created=_utc(created_at) == params["ts"])
+
+    async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta:
+        """Delete the live result; return the metadata of the tombstone written.
+
+        Raises :class:`ResultNotFound` when there is no live result, or
+        :class:`PreconditionFailed` when ``if_match`` names another version.
+        """
+        validate_analysis_id(analysis_id)
+        params: dict[str, Any] = {"id": analysis_id, "ts": datetime.now(UTC)}
+        s = self._statements
+        if if_match is None or if_match == "*":
+            row = await self._first(s.delete, params)
+        else:
+            row = await self._first(s.delete_version, {**params, "expected": if_match})
+        if row is None:
+            if if_match is not None:
+                raise PreconditionFailed(_precondition_detail(analysis_id, if_match, False))
+            raise ResultNotFound(f"no result with analysis_id {analysis_id!r}")
+        return _meta(analysis_id, *row)
+
+    async def list(self, *, limit: int = 100, after: str | None = None) -> Page:
+        """Live results ordered by ``analysis_id``, ``limit`` (1-1000) at a time."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        params: dict[str, Any] = {"limit": limit + 1}
+        if after is not None:
+            params["after"] = validate_analysis_id(after)
+        statement = self._statements.list_after if after is not None else self._statements.list_first
+        async with self._pool.connection() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        items = [_meta(*row) for row in rows[:limit]]
+        return Page(items, items[-1].analysis_id if len(rows) > limit else None)
+
+    async def _first(self, statement: Executable, params: dict[str, Any]) -> Any:
+        try:
+            async with self._pool.connection() as conn:
+                return (await conn.execute(statement, params)).first()
+        except DBAPIError as exc:
+            state = sqlstate(exc)
+            if state is not None and state.startswith("22"):  # data exception
+                raise InvalidResult(f"the database refused the document ({state})") from None
+            raise
+
+
+class _Statements:
+    """Every statement, built once per dialect so SQLAlchemy's compiled cache hits."""
+
+    def __init__(self, dialect: str) -> None:
+        t = results
+        doc: ColumnElement[Any] = bindparam("doc", type_=Text)
+        if dialect == "postgresql":
+            doc = cast(doc, postgresql.JSONB)
+            insert = postgresql.insert(t)
+        else:
+            insert = sqlite.insert(t)
+        key = t.c.analysis_id == bindparam("id")
+        live = t.c.result.is_not(None)
+        written = (t.c.version, t.c.created_at, t.c.updated_at)
+        ts = bindparam("ts", type_=t.c.updated_at.type)
+
+        self.get = select(cast(t.c.result, Text), *written).where(key, live)
+
+        new = insert.values(analysis_id=bindparam("id"), result=doc, version=1, created_at=ts,
+                            updated_at=ts)
+        revive_or_replace = {
+            "result": new.excluded.result,
+            "version": t.c.version + 1,
+            # A write over a tombstone is a creation: it starts a new created_at.
+            "created_at": case((t.c.result.is_(None), new.excluded.created_at),
+                               else_=t.c.created_at),
+            "updated_at": new.excluded.updated_at,
+        }
+        self.upsert = new.on_conflict_do_update(
+            index_elements=[t.c.analysis_id], set_=revive_or_replace
+        ).returning(*written)
+        self.create_only = new.on_conflict_do_update(
+            index_elements=[t.c.analysis_id], set_=revive_or_replace, where=t.c.result.is_(None)
+        ).returning(*written)
+
+        replace = update(t).values(result=doc, version=t.c.version + 1, updated_at=ts)
+        self.replace_live = replace.where(key, live).returning(*written)
+        self.replace_version = replace.where(
+            key, live, t.c.version == bindparam("expected")
+        ).returning(*written)
+
+        tombstone = update(t).values(result=null(), version=t.c.version + 1, updated_at=ts)
+        self.delete = tombstone.where(key, live).returning(*written)
+        self.delete_version = tombstone.where(
+            key, live, t.c.version == bindparam("expected")
+        ).returning(*written)
+
+        listing = select(t.c.analysis_id, *written).where(live).order_by(t.c.analysis_id)
+        self.list_first = listing.limit(bindparam("limit"))
+        self.list_after = listing.where(t.c.analysis_id > bindparam("after")).limit(
+            bindparam("limit")
+        )
+
+
+def _meta(analysis_id: str, version: int, created_at: datetime, updated_at: datetime) -> ResultMeta:
+    return ResultMeta(analysis_id, version, _utc(created_at), _utc(updated_at))
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _precondition_detail(analysis_id: str, if_match: IfMatch, if_none_match: bool) -> str:
+    if if_none_match:
+        return f"a result with analysis_id {analysis_id!r} already exists"
+    if if_match == "*":
+        return f"no result with analysis_id {analysis_id!r} exists to replace"
+    return f"result {analysis_id!r} is not at version {if_match}"
