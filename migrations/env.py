@@ -24,9 +24,9 @@ async def run_from_settings() -> None:
     from service.config import Settings
     from service.db.pool import ConnectionPool
 
-    async with ConnectionPool.from_settings(Settings.from_environ()) as pool:
-        async with pool.transaction() as conn:
-            await conn.run_sync(run_on)
+    pool = ConnectionPool.from_settings(Settings.from_environ())
+    async with pool, pool.transaction() as conn:
+        await conn.run_sync(run_on)
 
 
 given = context.config.attributes.get("connection")

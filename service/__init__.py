@@ -33,7 +33,6 @@ from service.errors import (
     ServiceError,
 )
 
-
 __all__ = [
     "ClosedError",
     "ConfigurationError",

@@ -82,11 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service (applies pending migrations)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes, each with its own pool (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own pool (default 1)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.add_argument("--graceful-timeout", type=float, default=30.0,
-                       help="seconds SIGTERM waits for in-flight requests (default 30)")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM waits for in-flight requests (default 30)",
+    )
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")

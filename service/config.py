@@ -75,7 +75,9 @@ class Settings:
         url = _database_url(self.database_url or f"sqlite:///{default_sqlite_path()}")
         object.__setattr__(self, "database_url", url.render_as_string(hide_password=False))
         if self.redis_url is not None and self.redis_url.partition("://")[0] not in _REDIS_SCHEMES:
-            raise ConfigurationError("REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}")
+            raise ConfigurationError(
+                "REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}"
+            )
         _at_least("RESULT_TTL", self.result_ttl, 1)
         _at_least("L1_MAX_BYTES", self.l1_max_bytes, 0)
         _at_least("L1_TTL", self.l1_ttl, 0)

@@ -21,10 +21,7 @@ def if_none_match_hits(header: str | None, meta: ResultMeta) -> bool:
     """True when If-None-Match names the current version (weak comparison) or is ``*``."""
     if header is None:
         return False
-    for tag in _entity_tags(header):
-        if tag == "*" or tag.removeprefix("W/") == meta.etag:
-            return True
-    return False
+    return any(tag == "*" or tag.removeprefix("W/") == meta.etag for tag in _entity_tags(header))
 
 
 def not_modified_since(header: str | None, meta: ResultMeta) -> bool:
@@ -52,12 +49,17 @@ def parse_if_match(header: str | None) -> IfMatch:
     if tags == ["*"]:
         return "*"
     if len(tags) != 1:
-        raise Problem(400, "If-Match must hold exactly one entity tag or *", slug="bad-precondition")
+        raise Problem(
+            400, "If-Match must hold exactly one entity tag or *", slug="bad-precondition"
+        )
     tag = tags[0]
     digits = tag[1:-1] if len(tag) > 2 and tag[0] == tag[-1] == '"' else ""
     if not digits.isascii() or not digits.isdigit():
-        raise Problem(412, f"If-Match {tag} does not name a version of this result",
-                      slug="precondition-failed")
+        raise Problem(
+            412,
+            f"If-Match {tag} does not name a version of this result",
+            slug="precondition-failed",
+        )
     return int(digits)
 
 

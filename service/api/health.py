@@ -29,8 +29,13 @@ async def readyz(request: Request) -> Response:
             await pool.ping()
     except (DatabaseError, TimeoutError):
         checks["database"] = "unavailable"
-        raise Problem(503, "the database is unavailable", slug="not-ready",
-                      headers={"Retry-After": "2"}, checks=checks) from None
+        raise Problem(
+            503,
+            "the database is unavailable",
+            slug="not-ready",
+            headers={"Retry-After": "2"},
+            checks=checks,
+        ) from None
     return JSONResponse({"status": "ready", "checks": checks, "pool": pool.stats().as_dict()})
 
 

@@ -49,17 +49,22 @@ DOCUMENT: dict[str, Any] = {
                     {"name": "If-Modified-Since", "in": "header", "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {"description": "the stored object", "headers": _ETAG,
-                            **_json({"type": "object"})},
+                    "200": {
+                        "description": "the stored object",
+                        "headers": _ETAG,
+                        **_json({"type": "object"}),
+                    },
                     "304": {"description": "not modified"},
                     **_problems(404, 422, 503),
                 },
             },
             "head": {
                 "summary": "Headers of a result",
-                "responses": {"200": {"description": "as GET, without a body"},
-                              "304": {"description": "not modified"},
-                              **_problems(404, 422, 503)},
+                "responses": {
+                    "200": {"description": "as GET, without a body"},
+                    "304": {"description": "not modified"},
+                    **_problems(404, 422, 503),
+                },
             },
             "put": {
                 "summary": "Create or replace a result",
@@ -69,10 +74,16 @@ DOCUMENT: dict[str, Any] = {
                 ],
                 "requestBody": {"required": True, **_json({"type": "object"})},
                 "responses": {
-                    "200": {"description": "replaced", "headers": _ETAG,
-                            **_json({"$ref": "#/components/schemas/Written"})},
-                    "201": {"description": "created", "headers": _ETAG,
-                            **_json({"$ref": "#/components/schemas/Written"})},
+                    "200": {
+                        "description": "replaced",
+                        "headers": _ETAG,
+                        **_json({"$ref": "#/components/schemas/Written"}),
+                    },
+                    "201": {
+                        "description": "created",
+                        "headers": _ETAG,
+                        **_json({"$ref": "#/components/schemas/Written"}),
+                    },
                     **_problems(400, 412, 413, 415, 422, 503),
                 },
             },
@@ -86,60 +97,96 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "summary": "List results in analysis_id order (keyset pagination)",
                 "parameters": [
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
-                                "default": 100}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_SIZE,
+                            "default": 100,
+                        },
+                    },
                     {"name": "after", "in": "query", "schema": _ID},
                 ],
                 "responses": {
-                    "200": {"description": "one page",
-                            **_json({"$ref": "#/components/schemas/Page"})},
+                    "200": {
+                        "description": "one page",
+                        **_json({"$ref": "#/components/schemas/Page"}),
+                    },
                     **_problems(422, 503),
                 },
             },
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness (the database answers)",
-                            "responses": {"200": {"description": "ready"}, **_problems(503)}}},
-        "/openapi.json": {"get": {"summary": "This document",
-                                  "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/healthz": {
+            "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness (the database answers)",
+                "responses": {"200": {"description": "ready"}, **_problems(503)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
     },
     "components": {
         "schemas": {
             "Written": {
                 "type": "object",
                 "required": ["analysis_id", "version", "updated_at"],
-                "properties": {"analysis_id": _ID, "version": {"type": "integer"},
-                               "updated_at": {"type": "string", "format": "date-time"}},
+                "properties": {
+                    "analysis_id": _ID,
+                    "version": {"type": "integer"},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                },
             },
             "Meta": {
                 "type": "object",
-                "properties": {"analysis_id": _ID, "version": {"type": "integer"},
-                               "created_at": {"type": "string", "format": "date-time"},
-                               "updated_at": {"type": "string", "format": "date-time"}},
+                "properties": {
+                    "analysis_id": _ID,
+                    "version": {"type": "integer"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                },
             },
             "Page": {
                 "type": "object",
                 "required": ["items", "next"],
-                "properties": {"items": {"type": "array",
-                                         "items": {"$ref": "#/components/schemas/Meta"}},
-                               "next": {"oneOf": [_ID, {"type": "null"}]}},
+                "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Meta"}},
+                    "next": {"oneOf": [_ID, {"type": "null"}]},
+                },
             },
             "Problem": {
                 "type": "object",
                 "required": ["type", "title", "status", "detail"],
-                "properties": {"type": {"type": "string"}, "title": {"type": "string"},
-                               "status": {"type": "integer"}, "detail": {"type": "string"}},
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                },
             },
         },
         "responses": {
-            "Problem": {"description": "RFC 9457 problem details",
-                        "content": {"application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}}}},
-            "Unavailable": {"description": "database unavailable or pool exhausted",
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                            "content": {"application/problem+json": {
-                                "schema": {"$ref": "#/components/schemas/Problem"}}}},
+            "Problem": {
+                "description": "RFC 9457 problem details",
+                "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            },
+            "Unavailable": {
+                "description": "database unavailable or pool exhausted",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            },
         },
     },
 }

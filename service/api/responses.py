@@ -94,8 +94,10 @@ def problem_for(exc: Exception) -> Problem:
             return exc
         case HTTPException():
             phrase = HTTPStatus(exc.status_code).phrase
-            detail = exc.detail if exc.detail and exc.detail != phrase else _DEFAULT_DETAIL.get(
-                exc.status_code, phrase
+            detail = (
+                exc.detail
+                if exc.detail and exc.detail != phrase
+                else _DEFAULT_DETAIL.get(exc.status_code, phrase)
             )
             return Problem(exc.status_code, detail, headers=dict(exc.headers or {}))
         case errors.InvalidAnalysisId():
@@ -109,11 +111,19 @@ def problem_for(exc: Exception) -> Problem:
         case errors.PreconditionFailed():
             return Problem(412, str(exc), slug="precondition-failed")
         case errors.PoolExhausted():
-            return Problem(503, "every database connection is busy; retry shortly",
-                           slug="pool-exhausted", headers={"Retry-After": str(exc.retry_after)})
+            return Problem(
+                503,
+                "every database connection is busy; retry shortly",
+                slug="pool-exhausted",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         case errors.DatabaseUnavailable():
-            return Problem(503, "the database is unavailable; retry shortly",
-                           slug="database-unavailable", headers={"Retry-After": str(exc.retry_after)})
+            return Problem(
+                503,
+                "the database is unavailable; retry shortly",
+                slug="database-unavailable",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         case _:
             return Problem(500, "the server failed to handle this request; it has been logged")
 

@@ -70,8 +70,11 @@ async def _write(request: Request, analysis_id: str) -> Response:
     headers = _validators(meta)
     if outcome.created:
         headers["Location"] = f"/results/{analysis_id}"
-    content = {"analysis_id": analysis_id, "version": meta.version,
-               "updated_at": meta.as_dict()["updated_at"]}
+    content = {
+        "analysis_id": analysis_id,
+        "version": meta.version,
+        "updated_at": meta.as_dict()["updated_at"],
+    }
     return JSONResponse(content, 201 if outcome.created else 200, headers=headers)
 
 
@@ -86,9 +89,16 @@ async def result_list(request: Request) -> Response:
     raw_limit = request.query_params.get("limit")
     limit = DEFAULT_PAGE_SIZE
     if raw_limit is not None:
-        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
-            raise Problem(422, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}",
-                          slug="invalid-parameter")
+        if (
+            not raw_limit.isascii()
+            or not raw_limit.isdigit()
+            or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE
+        ):
+            raise Problem(
+                422,
+                f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}",
+                slug="invalid-parameter",
+            )
         limit = int(raw_limit)
     after = request.query_params.get("after")
     page = await _store(request).list(limit=limit, after=after)

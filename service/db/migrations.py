@@ -57,7 +57,9 @@ async def upgrade(pool: ConnectionPool, revision: str = "head") -> tuple[str | N
     """Bring the schema to ``revision``; return the revisions before and after."""
     async with pool.transaction() as conn:
         if pool.dialect == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         before, after = await conn.run_sync(_upgrade, revision)
     if before != after:
         logger.info("database migrated from=%s to=%s", before or "empty", after)

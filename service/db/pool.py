@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -23,9 +24,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import event, text
+from sqlalchemy import event, text, util
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 # class 08 (connection exception), 53300 too_many_connections, 57P01-57P03 (shutdown,
 # crash, still starting) and 57014 query_canceled (our statement_timeout fired).
 _UNAVAILABLE_STATES = ("08", "53300", "57P01", "57P02", "57P03", "57014")
+
+# SQLAlchemy 2.1 renamed await_only to await_; accept either.
+_await = getattr(util, "await_", None) or util.await_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class ConnectionPool:
         pool_timeout: float = 30.0,
         pool_recycle: int = 1800,
         pre_ping: bool = True,
+        ping_idle_after: float = 1.0,
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
         application_name: str = "service",
@@ -100,11 +105,12 @@ class ConnectionPool:
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
             pool_recycle=pool_recycle,
-            pre_ping=pre_ping,
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
             application_name=application_name,
         )
+        if pre_ping and self._engine.dialect.name == "postgresql":
+            _check_liveness_on_checkout(self._engine, ping_idle_after)
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._waiting = 0
         self._timeouts = 0
@@ -291,9 +297,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
 
 
-def _create_engine(url: URL, *, pre_ping: bool, connect_timeout: float,
-                   statement_timeout: float, application_name: str,
-                   **pool: Any) -> AsyncEngine:
+def _create_engine(
+    url: URL,
+    *,
+    connect_timeout: float,
+    statement_timeout: float,
+    application_name: str,
+    **pool: Any,
+) -> AsyncEngine:
     connect_args: dict[str, Any]
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -305,7 +316,7 @@ def _create_engine(url: URL, *, pre_ping: bool, connect_timeout: float,
         if statement_timeout:
             server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
         connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
-    engine = create_async_engine(url, pool_pre_ping=pre_ping, connect_args=connect_args, **pool)
+    engine = create_async_engine(url, connect_args=connect_args, **pool)
     if url.get_backend_name() == "sqlite":
         _use_explicit_sqlite_transactions(engine)
     return engine
@@ -332,3 +343,35 @@ def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _check_liveness_on_checkout(engine: AsyncEngine, idle_after: float) -> None:
+    """Pre-ping, but only connections that sat idle for more than ``idle_after`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout, and on a connection that is
+    not yet in autocommit mode its asyncpg ping is BEGIN, ``;``, ROLLBACK: three round
+    trips that cost a quarter of the throughput of a cached-statement read (measured in
+    bench/driver.py). As HikariCP does, a connection returned less than ``idle_after``
+    seconds ago is taken as alive; one the server has closed is caught for free by
+    asyncpg's ``is_closed()``; any other is pinged with one empty query. A failed check
+    invalidates every older pooled connection (the server probably restarted), and the
+    pool opens a fresh one, so recovery after an outage needs no restart.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver.is_closed():
+            raise InvalidatePoolError("connection closed by the server")
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at <= idle_after:
+            return  # brand new, or in use a moment ago
+        try:
+            _await(driver.fetchrow(";"))
+        except Exception as exc:
+            raise InvalidatePoolError(f"ping failed: {exc!r}") from exc

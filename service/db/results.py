@@ -153,6 +153,11 @@ class ResultStore:
         self._pool = pool
         self._statements = _Statements(pool.dialect)
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The pool the store reads and writes through."""
+        return self._pool
+
     async def get(self, analysis_id: str) -> StoredResult | None:
         """The live result under ``analysis_id``, or None."""
         validate_analysis_id(analysis_id)
@@ -219,7 +224,9 @@ class ResultStore:
         params: dict[str, Any] = {"limit": limit + 1}
         if after is not None:
             params["after"] = validate_analysis_id(after)
-        statement = self._statements.list_after if after is not None else self._statements.list_first
+        statement = (
+            self._statements.list_after if after is not None else self._statements.list_first
+        )
         async with self._pool.connection() as conn:
             rows = (await conn.execute(statement, params)).all()
         items = [_meta(*row) for row in rows[:limit]]
@@ -242,6 +249,7 @@ class _Statements:
     def __init__(self, dialect: str) -> None:
         t = results
         doc: ColumnElement[Any] = bindparam("doc", type_=Text)
+        insert: postgresql.Insert | sqlite.Insert
         if dialect == "postgresql":
             doc = cast(doc, postgresql.JSONB)
             insert = postgresql.insert(t)
@@ -254,14 +262,16 @@ class _Statements:
 
         self.get = select(cast(t.c.result, Text), *written).where(key, live)
 
-        new = insert.values(analysis_id=bindparam("id"), result=doc, version=1, created_at=ts,
-                            updated_at=ts)
+        new = insert.values(
+            analysis_id=bindparam("id"), result=doc, version=1, created_at=ts, updated_at=ts
+        )
         revive_or_replace = {
             "result": new.excluded.result,
             "version": t.c.version + 1,
             # A write over a tombstone is a creation: it starts a new created_at.
-            "created_at": case((t.c.result.is_(None), new.excluded.created_at),
-                               else_=t.c.created_at),
+            "created_at": case(
+                (t.c.result.is_(None), new.excluded.created_at), else_=t.c.created_at
+            ),
             "updated_at": new.excluded.updated_at,
         }
         self.upsert = new.on_conflict_do_update(

@@ -1,0 +1,120 @@
+"""Settings: embedded defaults, parsing, and a precise error for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings, default_sqlite_path
+from service.errors import ConfigurationError
+
+
+def read(**environ: str) -> Settings:
+    return Settings.from_environ(environ, env_file=None)
+
+
+def test_no_settings_at_all_means_embedded_sqlite_and_no_redis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    settings = read()
+    assert settings.is_embedded_database
+    assert settings.database.drivername == "sqlite+aiosqlite"
+    assert settings.database.database == str(tmp_path / "service" / "results.sqlite3")
+    assert settings.redis_url is None
+    assert (settings.db_pool_size, settings.db_max_overflow) == (20, 10)
+    assert (settings.db_pool_timeout, settings.db_pool_recycle) == (30.0, 1800)
+    assert settings.max_result_bytes == 1024 * 1024
+    assert settings.compression_encodings == ("zstd", "br", "gzip")
+
+
+def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    assert default_sqlite_path() == Path("/srv/data/service/results.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("postgresql://u:p@db:5432/r", "postgresql+asyncpg"),
+        ("postgres://u@db/r", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u@db/r", "postgresql+asyncpg"),
+        ("sqlite:///x.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_database_url_schemes_are_normalised_to_async_drivers(given: str, driver: str) -> None:
+    settings = read(DATABASE_URL=given)
+    assert settings.database.drivername == driver
+
+
+def test_values_are_read_and_cast() -> None:
+    settings = read(
+        DB_POOL_SIZE="5",
+        DB_MAX_OVERFLOW="0",
+        DB_POOL_TIMEOUT="0.5",
+        RESULT_TTL="60",
+        COMPRESSION_ENCODINGS="gzip, BR",
+        DB_POOL_PRE_PING="off",
+        LOG_LEVEL="DEBUG",
+        REDIS_URL="rediss://cache:6380/0",
+        ADMIN_TOKEN="x" * 32,
+    )
+    assert settings.db_pool_size == 5
+    assert settings.db_max_overflow == 0
+    assert settings.db_pool_timeout == 0.5
+    assert settings.result_ttl == 60
+    assert settings.compression_encodings == ("gzip", "br")
+    assert settings.db_pool_pre_ping is False
+    assert settings.log_level == "debug"
+    assert settings.redis_url == "rediss://cache:6380/0"
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DB_POOL_SIZE=7\nRESULT_TTL=99\n")
+    settings = Settings.from_environ({"RESULT_TTL": "5"}, env_file=env_file)
+    assert settings.db_pool_size == 7
+    assert settings.result_ttl == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DB_POOL_SIZE", "abc"),
+        ("DB_POOL_SIZE", "0"),
+        ("DB_POOL_SIZE", "2.5"),
+        ("DB_MAX_OVERFLOW", "-1"),
+        ("DB_POOL_TIMEOUT", "soon"),
+        ("DB_POOL_TIMEOUT", "nan"),
+        ("DB_POOL_PRE_PING", "maybe"),
+        ("DATABASE_URL", "mysql://root@db/x"),
+        ("DATABASE_URL", "http://example/x"),
+        ("DATABASE_URL", "not a url"),
+        ("REDIS_URL", "memcached://cache"),
+        ("RESULT_TTL", "0"),
+        ("MAX_RESULT_BYTES", "1"),
+        ("COMPRESSION_ENCODINGS", "gzip,deflate"),
+        ("COMPRESSION_ENCODINGS", "gzip,gzip"),
+        ("CACHE_PREFIX", "a:b"),
+        ("ADMIN_TOKEN", "short"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        read(**{variable: value})
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_a_bad_database_url_error_does_not_echo_the_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        read(DATABASE_URL="mysql://root:hunter2@db/x")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_settings_built_in_code_are_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match="DB_POOL_SIZE"):
+        Settings(db_pool_size=0)

@@ -1,0 +1,184 @@
+"""ConnectionPool against the real PostgreSQL: checkout, release, statistics, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from service.db.pool import ConnectionPool
+from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
+from tests._net import closed_port
+
+
+async def test_connection_is_autocommit_and_returned(pool: ConnectionPool) -> None:
+    async with pool.connection() as conn:
+        assert pool.stats().checked_out == 1
+        txid = (await conn.execute(text("SELECT txid_current_if_assigned()"))).scalar()
+        assert txid is None  # no transaction was opened for a read
+    assert pool.stats().checked_out == 0
+
+
+async def test_transaction_commits_on_success_and_rolls_back_on_error(pool: ConnectionPool) -> None:
+    async with pool.transaction() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS pool_probe (n int)"))
+        await conn.execute(text("DELETE FROM pool_probe"))
+    async def insert_then_fail() -> None:
+        async with pool.transaction() as conn:
+            await conn.execute(text("INSERT INTO pool_probe VALUES (1)"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await insert_then_fail()
+    async with pool.transaction() as conn:
+        await conn.execute(text("INSERT INTO pool_probe VALUES (2)"))
+    async with pool.connection() as conn:
+        rows = (await conn.execute(text("SELECT n FROM pool_probe"))).scalars().all()
+        await conn.execute(text("DROP TABLE pool_probe"))
+    assert rows == [2]
+
+
+async def test_cancellation_mid_query_returns_the_connection(pool: ConnectionPool) -> None:
+    async def slow() -> None:
+        async with pool.connection() as conn:
+            await conn.execute(text("SELECT pg_sleep(5)"))
+
+    tasks = [asyncio.create_task(slow()) for _ in range(5)]
+    await asyncio.sleep(0.3)
+    assert pool.stats().checked_out == 5
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    for _ in range(50):
+        if pool.stats().checked_out == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.stats().checked_out == 0
+    # Every slot is usable again, and no query is left running on the server.
+    async with pool.connection() as conn:
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        running = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'"
+                    " AND state = 'active'"
+                )
+            )
+        ).scalar()
+    assert running == 0
+
+
+async def test_exhaustion_raises_pool_exhausted_and_counts_it(pg_url: str) -> None:
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=1, pool_timeout=0.1) as pool:
+        async with pool.connection(), pool.connection():
+            stats = pool.stats()
+            assert (stats.checked_out, stats.overflow) == (2, 1)
+            with pytest.raises(PoolExhausted) as caught:
+                async with pool.connection():
+                    pass
+            assert caught.value.retry_after >= 1
+            assert pool.stats().timeouts == 1
+        assert pool.stats().checked_out == 0
+
+
+async def test_waiting_counts_callers_queued_for_a_connection(pg_url: str) -> None:
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, pool_timeout=5) as pool:
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.connection():
+                await release.wait()
+
+        async def queue() -> None:
+            async with pool.connection():
+                pass
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.1)
+        waiters = [asyncio.create_task(queue()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert pool.stats().waiting == 3
+        release.set()
+        await asyncio.gather(holder, *waiters)
+        assert pool.stats().waiting == 0
+        assert pool.stats().checked_out == 0
+
+
+async def test_unreachable_database_is_reported_fast() -> None:
+    async with ConnectionPool(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/x", connect_timeout=1
+    ) as pool:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pool.ping()
+        assert loop.time() - started < 1.0
+        assert "ConnectionRefused" in str(caught.value)
+        assert pool.stats().checked_out == 0
+
+
+async def test_missing_database_is_unavailable_not_a_crash(pg_url: str) -> None:
+    url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    async with ConnectionPool(url) as pool:
+        with pytest.raises(DatabaseUnavailable):
+            await pool.ping()
+
+
+async def test_password_never_appears_in_safe_url() -> None:
+    pool = ConnectionPool("postgresql+asyncpg://app:s3cret@127.0.0.1:1/x")
+    assert "s3cret" not in pool.safe_url
+    await pool.aclose()
+
+
+async def test_closed_pool_refuses_use_and_aclose_is_idempotent(pg_url: str) -> None:
+    pool = ConnectionPool(pg_url)
+    await pool.ping()
+    await pool.aclose()
+    await pool.aclose()
+    assert pool.closed
+    with pytest.raises(ClosedError):
+        async with pool.connection():
+            pass
+    with pytest.raises(ClosedError):
+        _ = pool.engine
+
+
+async def test_get_connection_from_the_specification(pool: ConnectionPool) -> None:
+    conn = await pool.get_connection()
+    try:
+        assert (await conn.execute(text("SELECT 41 + 1"))).scalar() == 42
+        assert pool.stats().checked_out == 1
+    finally:
+        await conn.close()
+    assert pool.stats().checked_out == 0
+
+
+async def test_statement_timeout_is_enforced_server_side(pg_url: str) -> None:
+    async with ConnectionPool(pg_url, statement_timeout=0.2) as pool:
+        async def sleep() -> None:
+            async with pool.connection() as conn:
+                await conn.execute(text("SELECT pg_sleep(2)"))
+
+        with pytest.raises(DatabaseUnavailable, match=r"QueryCanceled|canceling"):
+            await sleep()
+        await pool.ping()  # the connection survived and the pool still works
+
+
+async def test_a_connection_killed_while_pooled_is_replaced_unseen(pg_url: str) -> None:
+    # Reused within the idle window, so no ping: asyncpg's is_closed() must catch it.
+    async with ConnectionPool(pg_url, pool_size=2, ping_idle_after=60) as pool:
+        async with pool.connection() as conn:
+            before = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        killer = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+        try:
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", before)
+        finally:
+            await killer.close()
+        await asyncio.sleep(0.2)
+        async with pool.connection() as conn:
+            after = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        assert after != before
+        assert pool.stats().checked_out == 0

@@ -1,0 +1,142 @@
+"""ResultStore used from Python (the SDK), on PostgreSQL and on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from service.db.results import ResultStore, encode_document
+from service.errors import (
+    InvalidAnalysisId,
+    InvalidResult,
+    MalformedJSON,
+    PreconditionFailed,
+    ResultNotFound,
+)
+from tests.conftest import unique_id
+
+
+async def test_put_get_delete_round_trip(store: ResultStore) -> None:
+    rid = unique_id()
+    written = await store.put(
+        rid, {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "id": uuid.UUID(int=7), "n": 1}
+    )
+    assert written.created
+    assert written.meta.version == 1
+    assert written.meta.etag == '"1"'
+    stored = await store.get(rid)
+    assert stored is not None
+    assert stored.document() == {
+        "when": "2026-01-02T03:04:05+00:00",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "n": 1,
+    }
+    assert stored.meta == written.meta
+    tombstone = await store.delete(rid)
+    assert tombstone.version == 2
+    assert await store.get(rid) is None
+    with pytest.raises(ResultNotFound):
+        await store.delete(rid)
+
+
+async def test_created_flag_and_timestamps(store: ResultStore) -> None:
+    rid = unique_id()
+    first = await store.put(rid, {"v": 1})
+    second = await store.put(rid, {"v": 2})
+    assert first.created
+    assert not second.created
+    assert second.meta.created_at == first.meta.created_at
+    assert second.meta.updated_at > first.meta.updated_at
+    await store.delete(rid)
+    revived = await store.put(rid, {"v": 3})
+    assert revived.created
+    assert revived.meta.created_at > first.meta.created_at
+
+
+async def test_conditional_writes(store: ResultStore) -> None:
+    rid = unique_id()
+    with pytest.raises(PreconditionFailed):
+        await store.put(rid, {"v": 1}, if_match="*")
+    await store.put(rid, {"v": 1}, if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        await store.put(rid, {"v": 2}, if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        await store.put(rid, {"v": 2}, if_match=2)
+    assert (await store.put(rid, {"v": 2}, if_match=1)).meta.version == 2
+    with pytest.raises(PreconditionFailed):
+        await store.delete(rid, if_match=1)
+    with pytest.raises(PreconditionFailed):
+        await store.put(rid, {"v": 2}, if_match=2, if_none_match=True)
+    stored = await store.get(rid)
+    assert stored is not None
+    assert stored.document() == {"v": 2}
+
+
+async def test_racing_conditional_writers_exactly_one_wins(store: ResultStore) -> None:
+    rid = unique_id()
+    await store.put(rid, {"v": 0})
+    outcomes = await asyncio.gather(
+        *(store.put(rid, {"v": n}, if_match=1) for n in range(10)), return_exceptions=True
+    )
+    winners = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(o, PreconditionFailed) for o in outcomes if o not in winners)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a/b", "..", ".", "é", "a b", "a\x00b"])
+async def test_bad_ids_raise_invalid_analysis_id(store: ResultStore, bad: str) -> None:
+    with pytest.raises(InvalidAnalysisId):
+        await store.get(bad)
+    with pytest.raises(InvalidAnalysisId):
+        await store.put(bad, {"a": 1})
+
+
+async def test_unserializable_and_non_object_documents(store: ResultStore) -> None:
+    with pytest.raises(InvalidResult, match="serialized"):
+        await store.put(unique_id(), {"a": Decimal("1.5")})
+    with pytest.raises(InvalidResult, match="serialized"):
+        await store.put(unique_id(), {"a": object()})
+    with pytest.raises(InvalidResult, match="mapping"):
+        await store.put(unique_id(), [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(MalformedJSON):
+        await store.put(unique_id(), b"{not json")
+    with pytest.raises(InvalidResult, match="object"):
+        await store.put(unique_id(), b"[]")
+
+
+def test_bytes_are_stored_as_sent_not_rounded() -> None:
+    raw = b'{"n": 18446744073709551616123}'
+    assert encode_document(raw) == raw.decode()
+
+
+async def test_nul_characters_are_refused_cleanly_on_postgresql(store: ResultStore) -> None:
+    # JSONB cannot hold U+0000; PostgreSQL refuses it and the store says so precisely.
+    rid = unique_id()
+    document = b'{"s": "a\\u0000b"}'
+    if store.pool.dialect == "postgresql":
+        with pytest.raises(InvalidResult, match="22P05"):
+            await store.put(rid, document)
+        assert await store.get(rid) is None
+    else:
+        await store.put(rid, document)
+        stored = await store.get(rid)  # SQLite keeps it
+        assert stored is not None
+        assert stored.document() == {"s": "a\x00b"}
+
+
+async def test_list_limits(store: ResultStore) -> None:
+    for limit in (0, 1001, -5):
+        with pytest.raises(ValueError, match="limit"):
+            await store.list(limit=limit)
+    with pytest.raises(InvalidAnalysisId):
+        await store.list(after="../x")
+    prefix = unique_id("page")
+    for n in range(3):
+        await store.put(f"{prefix}-{n}", {"n": n})
+    page = await store.list(limit=2, after=f"{prefix}-")
+    assert [m.analysis_id for m in page.items] == [f"{prefix}-0", f"{prefix}-1"]
+    assert page.next == f"{prefix}-1"
