@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,7 +50,8 @@ class Settings:
     construction validates every field the same way either way.
     """
 
-    database_url: str = ""
+    # Both may hold secrets: left out of repr() so a logged Settings leaks nothing.
+    database_url: str = field(default="", repr=False)
     redis_url: str | None = None
     result_ttl: int = 3600
     cache_prefix: str = "svc"
@@ -66,7 +67,7 @@ class Settings:
     compression_min_size: int = 500
     compression_encodings: tuple[str, ...] = _ENCODINGS
     max_result_bytes: int = MiB
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True

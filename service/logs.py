@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -42,3 +44,35 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logging.getLogger(name).propagate = True
     # Alembic narrates every step at INFO; service.db.migrations logs what changed.
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+
+
+class RateLimitedLog:
+    """Log a recurring event at most once per ``interval`` seconds per key.
+
+    The line that does get through says how many were suppressed since the last one,
+    so an outage that fails thousands of requests a second costs one line a second.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += " (%d more like this suppressed)"
+            args = (*args, suppressed)
+        self._logger.warning(message, *args)

@@ -118,3 +118,9 @@ def test_a_bad_database_url_error_does_not_echo_the_password() -> None:
 def test_settings_built_in_code_are_validated_too() -> None:
     with pytest.raises(ConfigurationError, match="DB_POOL_SIZE"):
         Settings(db_pool_size=0)
+
+
+def test_repr_shows_no_secrets() -> None:
+    settings = read(DATABASE_URL="postgresql://app:hunter2@db/x", ADMIN_TOKEN="t0ken-" + "x" * 20)
+    assert "hunter2" not in repr(settings)
+    assert "t0ken" not in repr(settings)

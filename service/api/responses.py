@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import errors
+from service.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +135,18 @@ _DEFAULT_DETAIL = {
 }
 
 
+_database_warnings = RateLimitedLog(logger, interval=1.0)
+
+
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """Starlette exception handler: log what the client must not see, answer a problem."""
     problem = problem_for(exc)
     if problem.status >= 500:
         if isinstance(exc, errors.DatabaseError):
-            logger.warning("%s %s -> %d: %s", request.method, request.url.path, problem.status, exc)
+            # An outage fails every request: one line a second, with the count, is enough.
+            _database_warnings.warning(
+                type(exc).__name__, "%s -> %d: %s", request.method, problem.status, exc
+            )
         else:
             logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return problem.response()
