@@ -75,7 +75,9 @@ def wrk(url: str, seconds: int, connections: int) -> float:
     """Requests/s that wrk measured (pinned to the second core)."""
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if match is None or "Non-2xx" in out or "Socket errors" in out:
@@ -85,8 +87,12 @@ def wrk(url: str, seconds: int, connections: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--database-url", default=os.environ.get(
-        "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
@@ -97,9 +103,26 @@ def main() -> int:
         return 2
     env = {**os.environ, "DATABASE_URL": args.database_url}
     server = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench.driver:create_app",
-         "--factory", "--port", str(args.port), "--loop", "uvloop", "--http", "httptools",
-         "--no-access-log", "--log-level", "warning"], env=env,
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.driver:create_app",
+            "--factory",
+            "--port",
+            str(args.port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
     )
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -114,13 +137,19 @@ def main() -> int:
         wrk(f"{base}/raw/bench-doc", 3, args.connections)
         for _ in range(args.runs):
             for name in samples:
-                samples[name].append(wrk(f"{base}/{name}/bench-doc", args.seconds, args.connections))
+                samples[name].append(
+                    wrk(f"{base}/{name}/bench-doc", args.seconds, args.connections)
+                )
         engine, raw = statistics.median(samples["store"]), statistics.median(samples["raw"])
         print(f"| read path | req/s (median of {args.runs}) | runs |")
         print("|---|---:|---|")
-        print(f"| raw asyncpg pool | {raw:,.0f} | {', '.join(f'{s:,.0f}' for s in samples['raw'])} |")
-        print(f"| ResultStore on AsyncEngine | {engine:,.0f} | "
-              f"{', '.join(f'{s:,.0f}' for s in samples['store'])} |")
+        print(
+            f"| raw asyncpg pool | {raw:,.0f} | {', '.join(f'{s:,.0f}' for s in samples['raw'])} |"
+        )
+        print(
+            f"| ResultStore on AsyncEngine | {engine:,.0f} | "
+            f"{', '.join(f'{s:,.0f}' for s in samples['store'])} |"
+        )
         print(f"\nAsyncEngine / raw asyncpg = {engine / raw:.2f}")
     finally:
         server.send_signal(signal.SIGTERM)
