@@ -1,7 +1,9 @@
 """The ``service`` command: ``serve`` and ``migrate``.
 
 Exit status: 0 success, 1 the work failed (database unreachable, ...), 2 bad usage or a
-bad setting (the message names the variable; no traceback).
+bad setting (the message names the variable; no traceback). ``serve`` stopped by SIGTERM
+drains, then ends *by* that signal (143 in a shell), as uvicorn does, so a supervisor
+sees a requested stop rather than a crash or a clean exit of its own accord.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +36,12 @@ def app_factory() -> Starlette:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
+
+    if settings.migrate_on_start:
+        # Once, here, before any worker starts: an unreachable database is then one line
+        # and exit status 1 rather than a start-up traceback in every worker.
+        _migrate(argparse.Namespace(revision="head", quiet=True), settings)
+        os.environ["MIGRATE_ON_START"] = "false"
 
     try:
         import uvloop  # noqa: F401
@@ -67,7 +76,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             return after
 
     revision = asyncio.run(run())
-    print(f"database is at revision {revision}")
+    if not getattr(args, "quiet", False):
+        print(f"database is at revision {revision}")
     return 0
 
 
