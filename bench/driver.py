@@ -1,9 +1,14 @@
 """An uncached read through the AsyncEngine next to the same query on a raw asyncpg pool.
 
-Both endpoints live in one process, read the same row and answer the same bytes, so the
-ratio of their requests/s is what SQLAlchemy's AsyncEngine (and our ResultStore on top
-of it) costs over the driver alone. Run with ``python -m bench.driver``; wrk must be
-installed (Debian package ``wrk``).
+Three endpoints live in one process, read the same row and answer the same bytes:
+
+* ``/raw``: asyncpg's own pool, the driver's limit;
+* ``/store``: our ResultStore on our ConnectionPool (autocommit, idle-only pre-ping);
+* ``/naive``: a plain AsyncEngine with ``pool_pre_ping=True`` and a default connection.
+
+The ratios of their requests/s are what SQLAlchemy costs over the driver, with and
+without our pool's choices. Run with ``python -m bench.driver``; wrk must be installed
+(Debian package ``wrk``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy import Text, bindparam, cast, select
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +39,7 @@ from starlette.routing import Route
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
+from service.db.schema import results
 
 RAW_QUERY = (
     "SELECT result::text, version, created_at, updated_at FROM results"
@@ -47,13 +55,14 @@ def create_app() -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pre_ping = os.environ.get("DB_POOL_PRE_PING", "true") == "true"
-        pool = ConnectionPool(url, pool_size=size, max_overflow=0, pre_ping=pre_ping)
+        pool = ConnectionPool(url, pool_size=size, max_overflow=0)
         await upgrade(pool)
         state["store"] = ResultStore(pool)
         dsn = url.replace("postgresql+asyncpg://", "postgresql://")
         state["raw"] = await asyncpg.create_pool(dsn, min_size=size, max_size=size)
+        state["naive"] = create_async_engine(url, pool_size=size, pool_pre_ping=True)
         yield
+        await state["naive"].dispose()
         await state["raw"].close()
         await pool.aclose()
 
@@ -66,8 +75,22 @@ def create_app() -> Starlette:
             row = await conn.fetchrow(RAW_QUERY, request.path_params["id"])
         return Response(row[0].encode(), media_type="application/json")
 
+    naive_query = select(cast(results.c.result, Text)).where(
+        results.c.analysis_id == bindparam("id"), results.c.result.is_not(None)
+    )
+
+    async def naive(request: Request) -> Response:
+        async with state["naive"].connect() as conn:
+            row = (await conn.execute(naive_query, {"id": request.path_params["id"]})).first()
+        return Response(row[0].encode(), media_type="application/json")
+
     return Starlette(
-        routes=[Route("/store/{id}", store), Route("/raw/{id}", raw)], lifespan=lifespan
+        routes=[
+            Route("/store/{id}", store),
+            Route("/raw/{id}", raw),
+            Route("/naive/{id}", naive),
+        ],
+        lifespan=lifespan,
     )
 
 
@@ -132,25 +155,26 @@ def main() -> int:
                     break
             time.sleep(0.1)
         asyncio.run(_seed(args.database_url))
-        samples: dict[str, list[float]] = {"store": [], "raw": []}
-        wrk(f"{base}/store/bench-doc", 3, args.connections)  # warm-up
-        wrk(f"{base}/raw/bench-doc", 3, args.connections)
+        names = {
+            "raw": "raw asyncpg pool (the driver's limit)",
+            "store": "ResultStore on our ConnectionPool (AsyncEngine)",
+            "naive": "plain AsyncEngine, pool_pre_ping=True",
+        }
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:  # warm-up
+            wrk(f"{base}/{name}/bench-doc", 3, args.connections)
         for _ in range(args.runs):
-            for name in samples:
+            for name in names:
                 samples[name].append(
                     wrk(f"{base}/{name}/bench-doc", args.seconds, args.connections)
                 )
-        engine, raw = statistics.median(samples["store"]), statistics.median(samples["raw"])
-        print(f"| read path | req/s (median of {args.runs}) | runs |")
-        print("|---|---:|---|")
-        print(
-            f"| raw asyncpg pool | {raw:,.0f} | {', '.join(f'{s:,.0f}' for s in samples['raw'])} |"
-        )
-        print(
-            f"| ResultStore on AsyncEngine | {engine:,.0f} | "
-            f"{', '.join(f'{s:,.0f}' for s in samples['store'])} |"
-        )
-        print(f"\nAsyncEngine / raw asyncpg = {engine / raw:.2f}")
+        raw = statistics.median(samples["raw"])
+        print(f"| read path | req/s (median of {args.runs}) | / raw asyncpg | runs |")
+        print("|---|---:|---:|---|")
+        for name, label in names.items():
+            median = statistics.median(samples[name])
+            runs = ", ".join(f"{s:,.0f}" for s in samples[name])
+            print(f"| {label} | {median:,.0f} | {median / raw:.2f} | {runs} |")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

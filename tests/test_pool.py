@@ -21,23 +21,44 @@ async def test_connection_is_autocommit_and_returned(pool: ConnectionPool) -> No
     assert pool.stats().checked_out == 0
 
 
-async def test_transaction_commits_on_success_and_rolls_back_on_error(pool: ConnectionPool) -> None:
-    async with pool.transaction() as conn:
-        await conn.execute(text("CREATE TABLE IF NOT EXISTS pool_probe (n int)"))
-        await conn.execute(text("DELETE FROM pool_probe"))
-    async def insert_then_fail() -> None:
+async def test_transaction_commits_on_success_and_rolls_back_on_error(database_url: str) -> None:
+    async with ConnectionPool(database_url) as pool:
         async with pool.transaction() as conn:
-            await conn.execute(text("INSERT INTO pool_probe VALUES (1)"))
-            raise RuntimeError("boom")
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS pool_probe (n int)"))
+            await conn.execute(text("DELETE FROM pool_probe"))
 
-    with pytest.raises(RuntimeError):
-        await insert_then_fail()
-    async with pool.transaction() as conn:
-        await conn.execute(text("INSERT INTO pool_probe VALUES (2)"))
-    async with pool.connection() as conn:
-        rows = (await conn.execute(text("SELECT n FROM pool_probe"))).scalars().all()
-        await conn.execute(text("DROP TABLE pool_probe"))
-    assert rows == [2]
+        async def insert_then_fail() -> None:
+            async with pool.transaction() as conn:
+                await conn.execute(text("INSERT INTO pool_probe VALUES (1)"))
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await insert_then_fail()
+        async with pool.transaction() as conn:
+            await conn.execute(text("INSERT INTO pool_probe VALUES (2)"))
+        async with pool.connection() as conn:
+            rows = (await conn.execute(text("SELECT n FROM pool_probe"))).scalars().all()
+            await conn.execute(text("DROP TABLE pool_probe"))
+        assert rows == [2]
+
+
+async def test_engine_property_gives_transactional_connections(database_url: str) -> None:
+    # A user's engine.begin() must be a real transaction, not silently autocommit.
+    async with ConnectionPool(database_url) as pool:
+        async with pool.transaction() as conn:
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS engine_probe (n int)"))
+
+        async def insert_then_fail() -> None:
+            async with pool.engine.begin() as conn:
+                await conn.execute(text("INSERT INTO engine_probe VALUES (1)"))
+                raise RuntimeError("roll back")
+
+        with pytest.raises(RuntimeError):
+            await insert_then_fail()
+        async with pool.connection() as conn:
+            count = (await conn.execute(text("SELECT count(*) FROM engine_probe"))).scalar()
+            await conn.execute(text("DROP TABLE engine_probe"))
+        assert count == 0
 
 
 async def test_cancellation_mid_query_returns_the_connection(pool: ConnectionPool) -> None:
@@ -158,6 +179,7 @@ async def test_get_connection_from_the_specification(pool: ConnectionPool) -> No
 
 async def test_statement_timeout_is_enforced_server_side(pg_url: str) -> None:
     async with ConnectionPool(pg_url, statement_timeout=0.2) as pool:
+
         async def sleep() -> None:
             async with pool.connection() as conn:
                 await conn.execute(text("SELECT pg_sleep(2)"))
@@ -182,3 +204,31 @@ async def test_a_connection_killed_while_pooled_is_replaced_unseen(pg_url: str) 
             after = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
         assert after != before
         assert pool.stats().checked_out == 0
+
+
+@pytest.mark.parametrize("mode", ["connection", "transaction"])
+async def test_repeated_cancellation_during_release_loses_no_slot(pg_url: str, mode: str) -> None:
+    # Cancel scopes (anyio, TaskGroup shutdown) can cancel again while the connection
+    # is being returned; every slot must still come back.
+    async with ConnectionPool(pg_url, pool_size=4, max_overflow=0) as pool:
+
+        async def work() -> None:
+            block = pool.transaction() if mode == "transaction" else pool.connection()
+            async with block as conn:
+                await conn.execute(text("SELECT pg_sleep(0.2)"))
+
+        for delay in (0.05, 0.19, 0.2, 0.21, 0.25):
+            tasks = [asyncio.create_task(work()) for _ in range(4)]
+            await asyncio.sleep(delay)
+            for task in tasks:
+                task.cancel()
+            await asyncio.sleep(0)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _ in range(40):
+                if pool.stats().checked_out == 0:
+                    break
+                await asyncio.sleep(0.025)
+            assert pool.stats().checked_out == 0, delay
+            await pool.ping()

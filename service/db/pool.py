@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # crash, still starting) and 57014 query_canceled (our statement_timeout fired).
 _UNAVAILABLE_STATES = ("08", "53300", "57P01", "57P02", "57P03", "57014")
 
+# What a transaction runs at: each database's default level.
+_TRANSACTIONAL_LEVEL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
+
 # SQLAlchemy 2.1 renamed await_only to await_; accept either.
 _await = getattr(util, "await_", None) or util.await_only
 
@@ -111,7 +114,11 @@ class ConnectionPool:
         )
         if pre_ping and self._engine.dialect.name == "postgresql":
             _check_liveness_on_checkout(self._engine, ping_idle_after)
-        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        # The engine itself is autocommit (set once per connection, so checkouts pay
+        # nothing); transactions go through a view that switches the level per checkout.
+        self._transactional = self._engine.execution_options(
+            isolation_level=_TRANSACTIONAL_LEVEL[self._engine.dialect.name]
+        )
         self._waiting = 0
         self._timeouts = 0
         self._closed = False
@@ -132,9 +139,13 @@ class ConnectionPool:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The underlying AsyncEngine, for callers that want SQLAlchemy directly."""
+        """The AsyncEngine, for callers that want SQLAlchemy directly.
+
+        Its connections are transactional as usual (``begin()`` / ``commit()`` mean what
+        they say); only :meth:`connection` hands out autocommit ones.
+        """
         self._check_open()
-        return self._engine
+        return self._transactional
 
     @property
     def dialect(self) -> str:
@@ -158,7 +169,7 @@ class ConnectionPool:
         Raises :class:`PoolExhausted` or :class:`DatabaseUnavailable` on checkout, and
         :class:`DatabaseUnavailable` if the server goes away during the block.
         """
-        conn = await self._checkout(self._autocommit)
+        conn = await self._checkout(self._engine)
         try:
             with _translate_errors():
                 yield conn
@@ -171,7 +182,7 @@ class ConnectionPool:
 
         An exception in the block rolls the transaction back and propagates.
         """
-        conn = await self._checkout(self._engine)
+        conn = await self._checkout(self._transactional)
         try:
             with _translate_errors():
                 async with conn.begin():
@@ -184,7 +195,7 @@ class ConnectionPool:
 
         Prefer ``async with pool.connection()``, which cannot leak a connection.
         """
-        return await self._checkout(self._engine)
+        return await self._checkout(self._transactional)
 
     async def ping(self) -> None:
         """Run ``SELECT 1``; raise :class:`DatabaseUnavailable` if the database does not answer."""
@@ -267,9 +278,14 @@ class _translate_errors:
 
 
 async def _release(conn: AsyncConnection) -> None:
-    # Shielded: if the task is cancelled while the connection is being returned, the
-    # return still completes in the background instead of leaking a checked-out slot.
-    await asyncio.shield(conn.close())
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        # The block is being cancelled, and a cancel scope may cancel again at every
+        # await: finish the return shielded so the slot is not lost. Shielding costs a
+        # task, a tenth of a cached read, so the ordinary path returns directly.
+        await asyncio.shield(conn.close())
+    else:
+        await conn.close()
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
@@ -316,7 +332,9 @@ def _create_engine(
         if statement_timeout:
             server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
         connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
-    engine = create_async_engine(url, connect_args=connect_args, **pool)
+    engine = create_async_engine(
+        url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
+    )
     if url.get_backend_name() == "sqlite":
         _use_explicit_sqlite_transactions(engine)
     return engine
@@ -341,7 +359,7 @@ def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        if conn.get_execution_options().get("isolation_level") not in (None, "AUTOCOMMIT"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
