@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
@@ -206,13 +207,16 @@ async def test_a_connection_killed_while_pooled_is_replaced_unseen(pg_url: str) 
         assert pool.stats().checked_out == 0
 
 
-@pytest.mark.parametrize("mode", ["connection", "transaction"])
+@pytest.mark.parametrize("mode", ["connection", "transaction", "run"])
 async def test_repeated_cancellation_during_release_loses_no_slot(pg_url: str, mode: str) -> None:
     # Cancel scopes (anyio, TaskGroup shutdown) can cancel again while the connection
     # is being returned; every slot must still come back.
     async with ConnectionPool(pg_url, pool_size=4, max_overflow=0) as pool:
 
         async def work() -> None:
+            if mode == "run":
+                await pool.run(lambda conn: conn.execute(text("SELECT pg_sleep(0.2)")))
+                return
             block = pool.transaction() if mode == "transaction" else pool.connection()
             async with block as conn:
                 await conn.execute(text("SELECT pg_sleep(0.2)"))
@@ -232,3 +236,30 @@ async def test_repeated_cancellation_during_release_loses_no_slot(pg_url: str, m
                 await asyncio.sleep(0.025)
             assert pool.stats().checked_out == 0, delay
             await pool.ping()
+
+
+async def test_run_returns_the_result_and_the_connection(pool: ConnectionPool) -> None:
+    assert await pool.run(lambda conn: conn.execute(text("SELECT 6 * 7")).scalar()) == 42
+    assert pool.stats().checked_out == 0
+
+    def fail(conn: Any) -> None:
+        conn.execute(text("SELECT 1"))
+        raise LookupError("the operation's own error")
+
+    with pytest.raises(LookupError):
+        await pool.run(fail)
+    assert pool.stats().checked_out == 0
+
+
+async def test_run_translates_checkout_errors(pg_url: str) -> None:
+    async with ConnectionPool(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/x", connect_timeout=1
+    ) as down:
+        with pytest.raises(DatabaseUnavailable):
+            await down.run(lambda conn: conn.execute(text("SELECT 1")))
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.1) as busy:
+        async with busy.connection():
+            with pytest.raises(PoolExhausted):
+                await busy.run(lambda conn: conn.execute(text("SELECT 1")))
+        assert busy.stats().timeouts == 1
+        assert busy.stats().checked_out == 0

@@ -227,15 +227,13 @@ class ResultStore:
         statement = (
             self._statements.list_after if after is not None else self._statements.list_first
         )
-        async with self._pool.connection() as conn:
-            rows = (await conn.execute(statement, params)).all()
+        rows = await self._pool.run(lambda conn: conn.execute(statement, params).all())
         items = [_meta(*row) for row in rows[:limit]]
         return Page(items, items[-1].analysis_id if len(rows) > limit else None)
 
     async def _first(self, statement: Executable, params: dict[str, Any]) -> Any:
         try:
-            async with self._pool.connection() as conn:
-                return (await conn.execute(statement, params)).first()
+            return await self._pool.run(lambda conn: conn.execute(statement, params).first())
         except DBAPIError as exc:
             state = sqlstate(exc)
             if state is not None and state.startswith("22"):  # data exception

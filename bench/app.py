@@ -1,0 +1,138 @@
+"""The benchmark's server: the full service plus its references, in one process.
+
+A tiny path dispatcher (no framework in the way) sends
+
+* ``/bare/doc``       to a bare Starlette endpoint returning the stored document's bytes;
+* ``/bare-gzip/doc``  to the same endpoint behind Starlette's GZipMiddleware (the peer);
+* ``/raw/{id}``       to the same query on asyncpg's own pool (the driver's limit);
+* ``/engine/{id}``    to ResultStore.get on our ConnectionPool, in the same bare endpoint,
+                      so engine vs raw compares the database layers and nothing else;
+* ``/bench/queries``  to the number of SQL statements the service has run so far;
+* everything else     to the service, exactly as ``service serve`` builds it.
+
+so every ratio in the report compares paths that share one process, one core and one
+event loop. Configured through the service's own settings (``DATABASE_URL`` ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Engine, event
+from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.app import create_app
+from service.config import Settings
+from service.db.results import ResultStore
+
+DOCUMENT_ID = "bench-doc"
+RAW_QUERY = (
+    "SELECT result::text, version, created_at, updated_at FROM results"
+    " WHERE analysis_id = $1 AND result IS NOT NULL"
+)
+
+
+def create_bench_app() -> ASGIApp:
+    """The dispatcher described in the module docstring (a uvicorn ``--factory``)."""
+    settings = Settings.from_environ()
+    service = create_app(settings)
+    shared: dict[str, Any] = {"queries": 0}
+
+    async def bare(request: Request) -> Response:
+        body = shared.get("document")
+        if body is None:  # read once, on first use: the same bytes the service sends
+            store: ResultStore = shared["store"]
+            stored = await store.get(DOCUMENT_ID)
+            if stored is None:
+                return Response(status_code=404)
+            body = shared["document"] = stored.body
+        return Response(body, media_type="application/json")
+
+    async def raw(request: Request) -> Response:
+        async with shared["raw"].acquire() as conn:
+            row = await conn.fetchrow(RAW_QUERY, request.path_params["id"])
+        if row is None:
+            return Response(status_code=404)
+        return Response(row[0].encode(), media_type="application/json")
+
+    async def engine(request: Request) -> Response:
+        store: ResultStore = shared["store"]
+        stored = await store.get(request.path_params["id"])
+        if stored is None:
+            return Response(status_code=404)
+        return Response(stored.body, media_type="application/json")
+
+    async def queries(request: Request) -> Response:
+        return JSONResponse({"queries": shared["queries"]})
+
+    bare_app = Starlette(routes=[Route("/bare/doc", bare)])
+    gzip_app = GZipMiddleware(Starlette(routes=[Route("/bare-gzip/doc", bare)]))
+    raw_app = Starlette(routes=[Route("/raw/{id}", raw)])
+    engine_app = Starlette(routes=[Route("/engine/{id}", engine)])
+    queries_app = Starlette(routes=[Route("/bench/queries", queries)])
+    prefixes: list[tuple[str, ASGIApp]] = [
+        ("/bare/", bare_app),
+        ("/bare-gzip/", gzip_app),
+        ("/raw/", raw_app),
+        ("/engine/", engine_app),
+        ("/bench/", queries_app),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[dict[str, Any]]:
+        async with service.router.lifespan_context(service) as maybe_state:
+            state: dict[str, Any] = dict(maybe_state or {})
+            shared["store"] = state["store"]
+
+            # Every engine in this process: the service's pool has one (the raw asyncpg
+            # pool is not SQLAlchemy, so it is not counted).
+            @event.listens_for(Engine, "before_cursor_execute")
+            def _count(*_: Any) -> None:
+                shared["queries"] += 1
+
+            dsn = settings.database.set(drivername="postgresql").render_as_string(
+                hide_password=False
+            )
+            size = settings.db_pool_size + settings.db_max_overflow
+            shared["raw"] = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+            try:
+                yield state
+            finally:
+                await shared["raw"].close()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _run_lifespan(lifespan, scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        for prefix, target in prefixes:
+            if path.startswith(prefix):
+                await target(scope, receive, send)
+                return
+        await service(scope, receive, send)
+
+    return app
+
+
+async def _run_lifespan(lifespan: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Speak the ASGI lifespan protocol around ``lifespan()``, sharing its state."""
+    await receive()  # lifespan.startup
+    try:
+        context = lifespan()
+        state = await context.__aenter__()
+    except BaseException as exc:
+        await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+        raise
+    scope.setdefault("state", {}).update(state)
+    await send({"type": "lifespan.startup.complete"})
+    await receive()  # lifespan.shutdown
+    await context.__aexit__(None, None, None)
+    await send({"type": "lifespan.shutdown.complete"})
