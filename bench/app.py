@@ -5,8 +5,10 @@ A tiny path dispatcher (no framework in the way) sends
 * ``/bare/doc``       to a bare Starlette endpoint returning the stored document's bytes;
 * ``/bare-gzip/doc``  to the same endpoint behind Starlette's GZipMiddleware (the peer);
 * ``/raw/{id}``       to the same query on asyncpg's own pool (the driver's limit);
-* ``/engine/{id}``    to ResultStore.get on our ConnectionPool, in the same bare endpoint,
-                      so engine vs raw compares the database layers and nothing else;
+* ``/engine/{id}``    to ResultStore.get on the service's ConnectionPool, in the same bare
+                      endpoint, so engine vs raw compares the database layers only;
+* ``/engine-default/{id}`` the same on a second pool with the default sizes (20 + 10
+                      overflow), to show what overflow connections cost under load;
 * ``/bench/queries``  to the number of SQL statements the service has run so far;
 * everything else     to the service, exactly as ``service serve`` builds it.
 
@@ -31,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
 from service.config import Settings
+from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 
 DOCUMENT_ID = "bench-doc"
@@ -64,7 +67,7 @@ def create_bench_app() -> ASGIApp:
         return Response(row[0].encode(), media_type="application/json")
 
     async def engine(request: Request) -> Response:
-        store: ResultStore = shared["store"]
+        store: ResultStore = shared["default_store" if "default" in request.url.path else "store"]
         stored = await store.get(request.path_params["id"])
         if stored is None:
             return Response(status_code=404)
@@ -76,13 +79,16 @@ def create_bench_app() -> ASGIApp:
     bare_app = Starlette(routes=[Route("/bare/doc", bare)])
     gzip_app = GZipMiddleware(Starlette(routes=[Route("/bare-gzip/doc", bare)]))
     raw_app = Starlette(routes=[Route("/raw/{id}", raw)])
-    engine_app = Starlette(routes=[Route("/engine/{id}", engine)])
+    engine_app = Starlette(
+        routes=[Route("/engine/{id}", engine), Route("/engine-default/{id}", engine)]
+    )
     queries_app = Starlette(routes=[Route("/bench/queries", queries)])
     prefixes: list[tuple[str, ASGIApp]] = [
         ("/bare/", bare_app),
         ("/bare-gzip/", gzip_app),
         ("/raw/", raw_app),
         ("/engine/", engine_app),
+        ("/engine-default/", engine_app),
         ("/bench/", queries_app),
     ]
 
@@ -101,11 +107,15 @@ def create_bench_app() -> ASGIApp:
             dsn = settings.database.set(drivername="postgresql").render_as_string(
                 hide_password=False
             )
+            # asyncpg keeps every connection it opens; give it the service's whole pool.
             size = settings.db_pool_size + settings.db_max_overflow
-            shared["raw"] = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+            shared["raw"] = await asyncpg.create_pool(dsn, min_size=size, max_size=size)
+            default_pool = ConnectionPool(settings.database)
+            shared["default_store"] = ResultStore(default_pool)
             try:
                 yield state
             finally:
+                await default_pool.aclose()
                 await shared["raw"].close()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,23 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
-from sqlalchemy import event, text, util
+from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from service.config import Settings
+from service.db._engine import check_liveness_on_checkout, create_engine
 from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
 
 logger = logging.getLogger(__name__)
@@ -47,9 +46,6 @@ _UNAVAILABLE_STATES = ("08", "53300", "57P01", "57P02", "57P03", "57014")
 
 # What a transaction runs at: each database's default level.
 _TRANSACTIONAL_LEVEL = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
-
-# SQLAlchemy 2.1 renamed await_only to await_; accept either.
-_await = getattr(util, "await_", None) or util.await_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +102,7 @@ class ConnectionPool:
     ) -> None:
         self._url = make_url(url)
         self._max_overflow = max_overflow
-        self._engine = _create_engine(
+        self._engine = create_engine(
             self._url,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -117,7 +113,7 @@ class ConnectionPool:
             application_name=application_name,
         )
         if pre_ping and self._engine.dialect.name == "postgresql":
-            _check_liveness_on_checkout(self._engine, ping_idle_after)
+            check_liveness_on_checkout(self._engine, ping_idle_after)
         # The engine itself is autocommit (set once per connection, so checkouts pay
         # nothing); transactions go through a view that switches the level per checkout.
         self._transactional = self._engine.execution_options(
@@ -340,92 +336,3 @@ def _describe(exc: BaseException) -> str:
     """A one-line reason without the statement or its parameters (they may hold data)."""
     inner = getattr(exc, "orig", None) or exc
     return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
-
-
-def _create_engine(
-    url: URL,
-    *,
-    connect_timeout: float,
-    statement_timeout: float,
-    application_name: str,
-    **pool: Any,
-) -> AsyncEngine:
-    connect_args: dict[str, Any]
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # sqlite3's timeout is how long a writer waits for the file lock (busy_timeout).
-        connect_args = {"timeout": max(connect_timeout, statement_timeout)}
-    else:
-        server_settings = {"application_name": application_name}
-        if statement_timeout:
-            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
-        connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
-    engine = create_async_engine(
-        url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
-    )
-    if url.get_backend_name() == "sqlite":
-        _use_explicit_sqlite_transactions(engine)
-    return engine
-
-
-def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
-    """Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
-
-    The sqlite3 module otherwise starts transactions implicitly and skips DDL, which
-    breaks transactional migrations. This is SQLAlchemy's documented recipe, with
-    ``BEGIN IMMEDIATE`` so a writer takes the lock up front rather than failing to
-    upgrade a read lock half-way. WAL lets readers go on while one writer writes.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA foreign_keys=ON")
-            # WAL is a property of the file, set once. Switching needs a lock SQLite will
-            # not wait for; if another connection holds one, it is switching already.
-            cursor.execute("PRAGMA journal_mode")
-            if cursor.fetchone()[0] != "wal":
-                with contextlib.suppress(engine.dialect.loaded_dbapi.OperationalError):
-                    cursor.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") not in (None, "AUTOCOMMIT"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _check_liveness_on_checkout(engine: AsyncEngine, idle_after: float) -> None:
-    """Pre-ping, but only connections that sat idle for more than ``idle_after`` seconds.
-
-    SQLAlchemy's ``pool_pre_ping`` pings on every checkout, and on a connection that is
-    not yet in autocommit mode its asyncpg ping is BEGIN, ``;``, ROLLBACK: three round
-    trips that cost a quarter of the throughput of a cached-statement read (measured in
-    bench/driver.py). As HikariCP does, a connection returned less than ``idle_after``
-    seconds ago is taken as alive; one the server has closed is caught for free by
-    asyncpg's ``is_closed()``; any other is pinged with one empty query. A failed check
-    invalidates every older pooled connection (the server probably restarted), and the
-    pool opens a fresh one, so recovery after an outage needs no restart.
-    """
-    pool = engine.sync_engine.pool
-
-    @event.listens_for(pool, "checkin")
-    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-        record.info["returned_at"] = time.monotonic()
-
-    @event.listens_for(pool, "checkout")
-    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if driver.is_closed():
-            raise InvalidatePoolError("connection closed by the server")
-        returned_at = record.info.get("returned_at")
-        if returned_at is None or time.monotonic() - returned_at <= idle_after:
-            return  # brand new, or in use a moment ago
-        try:
-            _await(driver.fetchrow(";"))
-        except Exception as exc:
-            raise InvalidatePoolError(f"ping failed: {exc!r}") from exc

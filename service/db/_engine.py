@@ -1,0 +1,110 @@
+"""Building the AsyncEngine: driver settings, SQLite's transaction recipe, liveness checks.
+
+Kept apart from :mod:`service.db.pool` so the pool reads as what callers use, and the
+dialect-specific set-up reads as one piece.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, util
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# SQLAlchemy 2.1 renamed await_only to await_; accept either.
+_await = getattr(util, "await_", None) or util.await_only
+
+
+def create_engine(
+    url: URL,
+    *,
+    connect_timeout: float,
+    statement_timeout: float,
+    application_name: str,
+    **pool: Any,
+) -> AsyncEngine:
+    connect_args: dict[str, Any]
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # sqlite3's timeout is how long a writer waits for the file lock (busy_timeout).
+        connect_args = {"timeout": max(connect_timeout, statement_timeout)}
+    else:
+        server_settings = {"application_name": application_name}
+        if statement_timeout:
+            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
+    engine = create_async_engine(
+        url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
+    )
+    if url.get_backend_name() == "sqlite":
+        _use_explicit_sqlite_transactions(engine)
+    return engine
+
+
+def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+
+    The sqlite3 module otherwise starts transactions implicitly and skips DDL, which
+    breaks transactional migrations. This is SQLAlchemy's documented recipe, with
+    ``BEGIN IMMEDIATE`` so a writer takes the lock up front rather than failing to
+    upgrade a read lock half-way. WAL lets readers go on while one writer writes.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # WAL is a property of the file, set once. Switching needs a lock SQLite will
+            # not wait for; if another connection holds one, it is switching already.
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0] != "wal":
+                with contextlib.suppress(engine.dialect.loaded_dbapi.OperationalError):
+                    cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") not in (None, "AUTOCOMMIT"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def check_liveness_on_checkout(engine: AsyncEngine, idle_after: float) -> None:
+    """Pre-ping, but only connections that sat idle for more than ``idle_after`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout, and on a connection that is
+    not yet in autocommit mode its asyncpg ping is BEGIN, ``;``, ROLLBACK: three round
+    trips that cost a quarter of the throughput of a cached-statement read (measured
+    with wrk: 0.51 against 0.64 of the raw asyncpg pool). As HikariCP does, a
+    connection returned less than ``idle_after`` seconds ago is taken as alive; one the
+    server has closed is caught for free by asyncpg's ``is_closed()``; any other is
+    pinged with one empty query. A failed check invalidates every older pooled
+    connection (the server probably restarted), and the pool opens a fresh one, so
+    recovery after an outage needs no restart.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver.is_closed():
+            raise InvalidatePoolError("connection closed by the server")
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at <= idle_after:
+            return  # brand new, or in use a moment ago
+        try:
+            _await(driver.fetchrow(";"))
+        except Exception as exc:
+            raise InvalidatePoolError(f"ping failed: {exc!r}") from exc
