@@ -15,15 +15,19 @@ from __future__ import annotations
 __version__ = "0.1.0"  # before the imports: service.api.openapi reads it
 
 from service.app import create_app
+from service.cache import CacheManager, CacheStats, CircuitBreaker, MemoryBackend, RedisBackend
 from service.config import Settings
 from service.db.pool import ConnectionPool, PoolStats
 from service.db.results import Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
 from service.errors import (
+    CacheError,
+    CacheSerializationError,
     ClosedError,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
     InvalidAnalysisId,
+    InvalidCacheArgument,
     InvalidResult,
     MalformedJSON,
     PoolExhausted,
@@ -34,18 +38,26 @@ from service.errors import (
 )
 
 __all__ = [
+    "CacheError",
+    "CacheManager",
+    "CacheSerializationError",
+    "CacheStats",
+    "CircuitBreaker",
     "ClosedError",
     "ConfigurationError",
     "ConnectionPool",
     "DatabaseError",
     "DatabaseUnavailable",
     "InvalidAnalysisId",
+    "InvalidCacheArgument",
     "InvalidResult",
     "MalformedJSON",
+    "MemoryBackend",
     "Page",
     "PoolExhausted",
     "PoolStats",
     "PreconditionFailed",
+    "RedisBackend",
     "ResultError",
     "ResultMeta",
     "ResultNotFound",

@@ -53,6 +53,8 @@ class Settings:
     # Both may hold secrets: left out of repr() so a logged Settings leaks nothing.
     database_url: str = field(default="", repr=False)
     redis_url: str | None = None
+    redis_max_connections: int = 50
+    redis_timeout: float = 0.5
     result_ttl: int = 3600
     cache_prefix: str = "svc"
     l1_max_bytes: int = 64 * MiB
@@ -79,6 +81,8 @@ class Settings:
             raise ConfigurationError(
                 "REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}"
             )
+        _at_least("REDIS_MAX_CONNECTIONS", self.redis_max_connections, 1)
+        _at_least("REDIS_TIMEOUT", self.redis_timeout, 0.001)
         _at_least("RESULT_TTL", self.result_ttl, 1)
         _at_least("L1_MAX_BYTES", self.l1_max_bytes, 0)
         _at_least("L1_TTL", self.l1_ttl, 0)
@@ -142,6 +146,8 @@ class Settings:
         return cls(
             database_url=optional("DATABASE_URL") or "",
             redis_url=optional("REDIS_URL"),
+            redis_max_connections=read("REDIS_MAX_CONNECTIONS", _integer, 50),
+            redis_timeout=read("REDIS_TIMEOUT", _number, 0.5),
             result_ttl=read("RESULT_TTL", _integer, 3600),
             cache_prefix=read("CACHE_PREFIX", str, "svc"),
             l1_max_bytes=read("L1_MAX_BYTES", _integer, 64 * MiB),

@@ -5,7 +5,10 @@ the boundary, so a caller catches these and nothing else::
 
     ServiceError
     ├── ConfigurationError        a setting is missing or malformed (names the variable)
-    ├── ClosedError               a pool or store was used after aclose()
+    ├── ClosedError               a pool, store or cache was used after aclose()
+    ├── CacheError
+    │   ├── InvalidCacheArgument  a bad key, namespace or TTL (also a ValueError)
+    │   └── CacheSerializationError  a value orjson cannot serialize (also a TypeError)
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the database cannot be reached; retry later
     │   └── PoolExhausted         every pooled connection stayed busy for DB_POOL_TIMEOUT
@@ -38,6 +41,18 @@ class ConfigurationError(ServiceError):
 
 class ClosedError(ServiceError):
     """The object was used after ``aclose()``."""
+
+
+class CacheError(ServiceError):
+    """A cache call was used wrongly. (Cache *outages* never raise: the cache fails open.)"""
+
+
+class InvalidCacheArgument(CacheError, ValueError):
+    """A key, namespace or TTL the cache does not accept."""
+
+
+class CacheSerializationError(CacheError, TypeError):
+    """A value that the cache's one serialization (orjson) cannot represent."""
 
 
 class DatabaseError(ServiceError):

@@ -93,6 +93,8 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("DATABASE_URL", "not a url"),
         ("REDIS_URL", "memcached://cache"),
         ("RESULT_TTL", "0"),
+        ("REDIS_MAX_CONNECTIONS", "0"),
+        ("REDIS_TIMEOUT", "-1"),
         ("MAX_RESULT_BYTES", "1"),
         ("COMPRESSION_ENCODINGS", "gzip,deflate"),
         ("COMPRESSION_ENCODINGS", "gzip,gzip"),
