@@ -106,7 +106,7 @@ class RunningService:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
 
-async def _stop(process: asyncio.subprocess.Process, timeout: float) -> None:
+async def stop_process(process: asyncio.subprocess.Process, timeout: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; always reaps the process."""
     if process.returncode is None:
         with suppress(ProcessLookupError):
@@ -180,7 +180,7 @@ async def running_service(
             await _wait_healthy(service, startup_timeout)
             yield service
         finally:
-            await _stop(process, stop_timeout)
+            await stop_process(process, stop_timeout)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import tempfile
 import time
 import uuid
@@ -27,7 +26,7 @@ from redis.exceptions import RedisError
 from service.cache.backends import RedisBackend
 from service.cache.breaker import CircuitBreaker
 from service.cache.manager import CacheManager
-from tests._server import free_port
+from tests._server import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -92,17 +91,8 @@ class PrivateRedis:
     async def stop(self) -> None:
         """SIGTERM (SIGKILL after STOP_TIMEOUT); always reaps the process. Idempotent."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.returncode is None:
-            with suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with suppress(ProcessLookupError):
-                    process.kill()
-        await process.wait()
+        if process is not None:
+            await stop_process(process, STOP_TIMEOUT)
 
     async def _wait_ready(self) -> None:
         assert self.process is not None
