@@ -124,12 +124,31 @@ class StoredResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Absent:
+    """No live result under ``analysis_id``: never written (version 0) or deleted.
+
+    The version is what a cache needs to order this answer against writes: a deleted
+    result's tombstone has the version of its delete, so a cache can tell it apart from
+    (and refuse to be overwritten by) an older read that still saw the document.
+    """
+
+    analysis_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """What a :meth:`ResultStore.put` did."""
 
     meta: ResultMeta
     created: bool
     """True when no live result existed before (HTTP 201), False when one was replaced."""
+    body: bytes
+    """The document as stored, exactly as a later read returns it."""
+
+    @property
+    def result(self) -> StoredResult:
+        return StoredResult(self.meta, self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +179,18 @@ class ResultStore:
 
     async def get(self, analysis_id: str) -> StoredResult | None:
         """The live result under ``analysis_id``, or None."""
+        found = await self.read(analysis_id)
+        return found if isinstance(found, StoredResult) else None
+
+    async def read(self, analysis_id: str) -> StoredResult | Absent:
+        """The live result, or :class:`Absent` with the version of its tombstone (one query)."""
         validate_analysis_id(analysis_id)
         row = await self._first(self._statements.get, {"id": analysis_id})
         if row is None:
-            return None
+            return Absent(analysis_id, 0)
         body, version, created_at, updated_at = row
+        if body is None:
+            return Absent(analysis_id, version)
         return StoredResult(_meta(analysis_id, version, created_at, updated_at), body.encode())
 
     async def put(
@@ -194,9 +220,9 @@ class ResultStore:
             row = await self._first(s.create_only if if_none_match else s.upsert, params)
         if row is None:
             raise PreconditionFailed(_precondition_detail(analysis_id, if_match, if_none_match))
-        version, created_at, updated_at = row
+        version, created_at, updated_at, text = row
         meta = _meta(analysis_id, version, created_at, updated_at)
-        return WriteOutcome(meta, created=_utc(created_at) == params["ts"])
+        return WriteOutcome(meta, _utc(created_at) == params["ts"], text.encode())
 
     async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta:
         """Delete the live result; return the metadata of the tombstone written.
@@ -258,7 +284,8 @@ class _Statements:
         written = (t.c.version, t.c.created_at, t.c.updated_at)
         ts = bindparam("ts", type_=t.c.updated_at.type)
 
-        self.get = select(cast(t.c.result, Text), *written).where(key, live)
+        # Tombstones too: their version orders a cached "absent" against older reads.
+        self.get = select(cast(t.c.result, Text), *written).where(key)
 
         new = insert.values(
             analysis_id=bindparam("id"), result=doc, version=1, created_at=ts, updated_at=ts
@@ -272,18 +299,21 @@ class _Statements:
             ),
             "updated_at": new.excluded.updated_at,
         }
+        # A write returns the text as the database will hand it back (JSONB normalizes
+        # it), so a cache filled from the write holds the same bytes as one filled by a read.
+        stored = (*written, cast(t.c.result, Text))
         self.upsert = new.on_conflict_do_update(
             index_elements=[t.c.analysis_id], set_=revive_or_replace
-        ).returning(*written)
+        ).returning(*stored)
         self.create_only = new.on_conflict_do_update(
             index_elements=[t.c.analysis_id], set_=revive_or_replace, where=t.c.result.is_(None)
-        ).returning(*written)
+        ).returning(*stored)
 
         replace = update(t).values(result=doc, version=t.c.version + 1, updated_at=ts)
-        self.replace_live = replace.where(key, live).returning(*written)
+        self.replace_live = replace.where(key, live).returning(*stored)
         self.replace_version = replace.where(
             key, live, t.c.version == bindparam("expected")
-        ).returning(*written)
+        ).returning(*stored)
 
         tombstone = update(t).values(result=null(), version=t.c.version + 1, updated_at=ts)
         self.delete = tombstone.where(key, live).returning(*written)
