@@ -10,8 +10,9 @@ from typing import TypedDict
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from service.api import health, openapi, results
+from service.api import admin, health, openapi, results
 from service.api.responses import Problem, handle_exception
+from service.cache.results import ResultCache
 from service.config import Settings
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
@@ -27,13 +28,15 @@ class State(TypedDict):
     settings: Settings
     pool: ConnectionPool
     store: ResultStore
+    results: ResultCache
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The service as an ASGI app; ``settings`` default to :meth:`Settings.from_environ`.
 
     Nothing is opened until the ASGI lifespan starts: then the pool is created, pending
-    migrations are applied (``MIGRATE_ON_START``), and on shutdown the pool is closed.
+    migrations are applied (``MIGRATE_ON_START``), the cache is opened and starts
+    listening for other replicas' writes; on shutdown both are closed.
     """
     settings = settings or Settings.from_environ()
 
@@ -47,13 +50,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 logger.info("using database %s", pool.safe_url)
             if settings.migrate_on_start:
                 await upgrade(pool)
-            logger.info("cache: %s", "configured" if settings.redis_url else "none (no REDIS_URL)")
-            yield {"settings": settings, "pool": pool, "store": ResultStore(pool)}
+            store = ResultStore(pool)
+            cache = ResultCache.from_settings(settings, store)
+            try:
+                logger.info("cache: %s", cache.cache.backend.name)
+                await cache.start()
+                yield {"settings": settings, "pool": pool, "store": store, "results": cache}
+            finally:
+                await cache.aclose()
         finally:
             await pool.aclose()
 
     return Starlette(
-        routes=[*results.routes, *health.routes, *openapi.routes],
+        routes=[*results.routes, *health.routes, *admin.routes, *openapi.routes],
         lifespan=lifespan,
         exception_handlers={
             HTTPException: handle_exception,

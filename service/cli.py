@@ -1,4 +1,4 @@
-"""The ``service`` command: ``serve`` and ``migrate``.
+"""The ``service`` command: ``serve``, ``migrate`` and ``cache stats``.
 
 Exit status: 0 success, 1 the work failed (database unreachable, ...), 2 bad usage or a
 bad setting (the message names the variable; no traceback). ``serve`` stopped by SIGTERM
@@ -81,6 +81,33 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cache_stats(args: argparse.Namespace, settings: Settings) -> int:
+    """Print what the shared cache (Redis) reports, as JSON.
+
+    Counters of each server process (hits per tier, breaker) live in that process:
+    ``GET /admin/cache/stats`` shows them.
+    """
+    import orjson
+
+    from service.cache.manager import CacheManager
+
+    if not settings.redis_url:
+        print(
+            "service: REDIS_URL is not set: each server process caches in its own memory;"
+            " GET /admin/cache/stats shows a process's counters",
+            file=sys.stderr,
+        )
+        return 1
+
+    async def run() -> dict[str, int | str | bool]:
+        async with CacheManager.from_settings(settings) as cache:
+            return await cache.backend_info()
+
+    info = asyncio.run(run())
+    sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="service",
@@ -110,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.set_defaults(run=_migrate)
+
+    cache = commands.add_parser("cache", help="inspect the shared cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    stats = cache_commands.add_parser("stats", help="print what Redis reports, as JSON")
+    stats.set_defaults(run=_cache_stats)
     return parser
 
 

@@ -8,7 +8,8 @@ the boundary, so a caller catches these and nothing else::
     ├── ClosedError               a pool, store or cache was used after aclose()
     ├── CacheError
     │   ├── InvalidCacheArgument  a bad key, namespace or TTL (also a ValueError)
-    │   └── CacheSerializationError  a value orjson cannot serialize (also a TypeError)
+    │   ├── CacheSerializationError  a value orjson cannot serialize (also a TypeError)
+    │   └── CacheUnavailable      an explicit invalidation could not reach the backend
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the database cannot be reached; retry later
     │   └── PoolExhausted         every pooled connection stayed busy for DB_POOL_TIMEOUT
@@ -44,7 +45,11 @@ class ClosedError(ServiceError):
 
 
 class CacheError(ServiceError):
-    """A cache call was used wrongly. (Cache *outages* never raise: the cache fails open.)"""
+    """A cache call was used wrongly, or an invalidation could not be carried out.
+
+    Outages never raise from reads and writes (the cache fails open there); only an
+    explicit invalidation raises :class:`CacheUnavailable`, since its caller must know.
+    """
 
 
 class InvalidCacheArgument(CacheError, ValueError):
@@ -53,6 +58,12 @@ class InvalidCacheArgument(CacheError, ValueError):
 
 class CacheSerializationError(CacheError, TypeError):
     """A value that the cache's one serialization (orjson) cannot represent."""
+
+
+class CacheUnavailable(CacheError):
+    """The cache backend could not be reached, so an invalidation did not happen."""
+
+    retry_after = 2
 
 
 class DatabaseError(ServiceError):

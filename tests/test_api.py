@@ -47,7 +47,7 @@ async def test_put_creates_then_replaces_with_versions(client: httpx.AsyncClient
     assert got.json() == {"score": 0.75}
     assert got.headers["etag"] == '"2"'
     assert got.headers["content-type"] == "application/json"
-    assert got.headers["x-cache"] == "MISS"
+    assert got.headers["x-cache"] == "HIT"  # the write put version 2 in the cache
     parsedate_to_datetime(got.headers["last-modified"])
 
 

@@ -26,27 +26,30 @@ def require_json(request: Request) -> None:
         )
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, or a 413 problem as soon as it is known to exceed ``limit``."""
+async def read_limited(request: Request, limit: int, setting: str = "MAX_RESULT_BYTES") -> bytes:
+    """The whole body, or a 413 problem as soon as it is known to exceed ``limit``.
+
+    ``setting`` names where the limit comes from, for the problem's detail.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise Problem(400, "Content-Length is not a number", slug="bad-request")
         if int(declared) > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, setting)
     received = bytearray()
     async for chunk in request.stream():
         received += chunk
         if len(received) > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, setting)
     return bytes(received)
 
 
-def _too_large(limit: int) -> Problem:
+def _too_large(limit: int, setting: str) -> Problem:
     # Connection: close, so the server stops reading the rest of the upload.
     return Problem(
         413,
-        f"the body exceeds the limit of {limit} bytes (MAX_RESULT_BYTES)",
+        f"the body exceeds the limit of {limit} bytes ({setting})",
         slug="payload-too-large",
         headers={"Connection": "close"},
         limit=limit,

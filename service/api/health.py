@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.responses import JSONResponse, Problem
+from service.cache.results import ResultCache
 from service.db.pool import ConnectionPool
 from service.errors import DatabaseError
 
@@ -21,9 +22,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """200 when the database answers within 2 s, else 503 (take it out of rotation)."""
+    """200 when the database answers within 2 s, else 503 (take it out of rotation).
+
+    The cache is reported, not required: the service answers from the database
+    without it.
+    """
     pool: ConnectionPool = request.state.pool
-    checks = {"database": "ok", "cache": "not configured"}
+    checks = {"database": "ok", "cache": _cache_state(request.state.results)}
     try:
         async with asyncio.timeout(READINESS_TIMEOUT):
             await pool.ping()
@@ -37,6 +42,14 @@ async def readyz(request: Request) -> Response:
             checks=checks,
         ) from None
     return JSONResponse({"status": "ready", "checks": checks, "pool": pool.stats().as_dict()})
+
+
+def _cache_state(results: ResultCache) -> str:
+    """``memory``, or the shared backend's breaker: ``closed`` is healthy."""
+    cache = results.cache
+    if cache.backend.name == "memory":
+        return "memory"
+    return f"{cache.backend.name} {cache.breaker.state.value}"
 
 
 routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

@@ -127,6 +127,44 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": {"description": "ready"}, **_problems(503)},
             }
         },
+        "/admin/cache/stats": {
+            "get": {
+                "summary": "Cache counters of this process and the shared backend's own report",
+                "security": [{"admin": []}],
+                "responses": {"200": {"description": "counters"}, **_problems(401, 403, 404)},
+            }
+        },
+        "/admin/cache/invalidate": {
+            "post": {
+                "summary": "Drop one analysis_id, or a whole namespace, from every cache tier",
+                "security": [{"admin": []}],
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["analysis_id"],
+                                    "properties": {"analysis_id": _ID},
+                                    "additionalProperties": False,
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["namespace"],
+                                    "properties": {"namespace": {"type": "string"}},
+                                    "additionalProperties": False,
+                                },
+                            ]
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {"description": "how many shared entries were removed"},
+                    **_problems(400, 401, 403, 404, 415, 422, 503),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -135,6 +173,13 @@ DOCUMENT: dict[str, Any] = {
         },
     },
     "components": {
+        "securitySchemes": {
+            "admin": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "ADMIN_TOKEN; without it the admin endpoints answer 404",
+            }
+        },
         "schemas": {
             "Written": {
                 "type": "object",

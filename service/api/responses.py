@@ -70,9 +70,12 @@ class Problem(Exception):
 TITLES = {
     "bad-precondition": "Unsupported precondition header",
     "bad-request": "Bad request",
+    "cache-unavailable": "Cache unavailable",
     "database-unavailable": "Database unavailable",
+    "forbidden": "Forbidden",
     "invalid-analysis-id": "Invalid analysis id",
     "invalid-parameter": "Invalid query parameter",
+    "invalid-request": "Invalid request",
     "invalid-result": "Invalid result document",
     "malformed-json": "Malformed JSON",
     "not-ready": "Not ready",
@@ -80,6 +83,7 @@ TITLES = {
     "pool-exhausted": "Database connections exhausted",
     "precondition-failed": "Precondition failed",
     "result-not-found": "Result not found",
+    "unauthorized": "Unauthorized",
     "unsupported-media-type": "Unsupported media type",
 }
 
@@ -107,6 +111,8 @@ def problem_for(exc: Exception) -> Problem:
             return Problem(400, str(exc), slug="malformed-json")
         case errors.InvalidResult():
             return Problem(422, str(exc), slug="invalid-result")
+        case errors.InvalidCacheArgument():
+            return Problem(422, str(exc), slug="invalid-request")
         case errors.ResultNotFound():
             return Problem(404, str(exc), slug="result-not-found")
         case errors.PreconditionFailed():
@@ -116,6 +122,13 @@ def problem_for(exc: Exception) -> Problem:
                 503,
                 "every database connection is busy; retry shortly",
                 slug="pool-exhausted",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        case errors.CacheUnavailable():
+            return Problem(
+                503,
+                "the cache is unavailable; nothing was invalidated",
+                slug="cache-unavailable",
                 headers={"Retry-After": str(exc.retry_after)},
             )
         case errors.DatabaseUnavailable():
@@ -135,16 +148,16 @@ _DEFAULT_DETAIL = {
 }
 
 
-_database_warnings = RateLimitedLog(logger, interval=1.0)
+_outage_warnings = RateLimitedLog(logger, interval=1.0)
 
 
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """Starlette exception handler: log what the client must not see, answer a problem."""
     problem = problem_for(exc)
     if problem.status >= 500:
-        if isinstance(exc, errors.DatabaseError):
+        if isinstance(exc, errors.DatabaseError | errors.CacheUnavailable):
             # An outage fails every request: one line a second, with the count, is enough.
-            _database_warnings.warning(
+            _outage_warnings.warning(
                 type(exc).__name__, "%s -> %d: %s", request.method, problem.status, exc
             )
         else:

@@ -15,7 +15,14 @@ from service.api.conditions import (
     parse_if_none_match_for_write,
 )
 from service.api.responses import JSONResponse, Problem
-from service.db.results import MAX_PAGE_SIZE, ResultMeta, ResultStore, validate_analysis_id
+from service.cache.results import ResultCache
+from service.db.results import (
+    MAX_PAGE_SIZE,
+    ResultMeta,
+    ResultStore,
+    StoredResult,
+    validate_analysis_id,
+)
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -23,6 +30,11 @@ DEFAULT_PAGE_SIZE = 100
 def _store(request: Request) -> ResultStore:
     store: ResultStore = request.state.store
     return store
+
+
+def _results(request: Request) -> ResultCache:
+    results: ResultCache = request.state.results
+    return results
 
 
 def _validators(meta: ResultMeta) -> dict[str, str]:
@@ -41,11 +53,17 @@ async def result_item(request: Request) -> Response:
 
 
 async def _read(request: Request, analysis_id: str) -> Response:
-    stored = await _store(request).get(analysis_id)
-    if stored is None:
-        raise Problem(404, f"no result with analysis_id {analysis_id!r}", slug="result-not-found")
+    read = await _results(request).get(analysis_id)
+    stored = read.found
+    if not isinstance(stored, StoredResult):
+        raise Problem(
+            404,
+            f"no result with analysis_id {analysis_id!r}",
+            slug="result-not-found",
+            headers={"X-Cache": "HIT" if read.hit else "MISS"},
+        )
     headers = _validators(stored.meta)
-    headers["X-Cache"] = "MISS"
+    headers["X-Cache"] = "HIT" if read.hit else "MISS"
     conditional = request.headers.get("if-none-match")
     if if_none_match_hits(conditional, stored.meta) or (
         conditional is None
@@ -63,7 +81,7 @@ async def _write(request: Request, analysis_id: str) -> Response:
     create_only = parse_if_none_match_for_write(request.headers.get("if-none-match"))
     require_json(request)
     body = await read_limited(request, request.state.settings.max_result_bytes)
-    outcome = await _store(request).put(
+    outcome = await _results(request).put(
         analysis_id, body, if_match=if_match, if_none_match=create_only
     )
     meta = outcome.meta
@@ -80,7 +98,7 @@ async def _write(request: Request, analysis_id: str) -> Response:
 
 async def _delete(request: Request, analysis_id: str) -> Response:
     if_match = parse_if_match(request.headers.get("if-match"))
-    await _store(request).delete(analysis_id, if_match=if_match)
+    await _results(request).delete(analysis_id, if_match=if_match)
     return Response(status_code=204)
 
 

@@ -3,6 +3,11 @@
 Backends store and return bytes under full keys; naming, serialization, TTL rules and
 fail-open behaviour belong to :class:`service.cache.manager.CacheManager`. Every method
 is a coroutine so the two are interchangeable; the memory backend never awaits.
+
+Versioned values (``set_if_newer``) start with their version in decimal and a space;
+a write replaces the stored value only when it carries a higher version (or the stored
+one is version 0, or not versioned at all), so the order in which concurrent writers
+arrive cannot put an older version back.
 """
 
 from __future__ import annotations
@@ -15,11 +20,36 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import DefaultParser
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 logger = logging.getLogger(__name__)
 
 # What one entry costs beyond its key and value bytes (dict slot, tuple, floats).
 _ENTRY_OVERHEAD = 100
+
+Notice = tuple[str, str]
+"""A pub/sub ``(channel, message)`` that a backend shared by replicas publishes with a write."""
+
+# Compare and set in one atomic step, publishing the notice in the same round trip.
+# GETRANGE reads only the head of the stored value, never a whole document.
+_SET_IF_NEWER = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 24)
+local stored = tonumber(string.match(head, '^(%d+) '))
+local written = 0
+if stored == nil or stored == 0 or tonumber(ARGV[1]) > stored then
+  if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  written = 1
+end
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return written
+"""
 
 
 class CacheBackend(Protocol):
@@ -31,8 +61,13 @@ class CacheBackend(Protocol):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, ttl: float | None) -> None: ...
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None) -> None: ...
+    async def set_if_newer(
+        self, key: str, value: bytes, ttl: float | None, notify: Notice | None = None
+    ) -> bool: ...
     async def delete(self, keys: Sequence[str]) -> int: ...
     async def delete_prefix(self, prefix: str) -> int: ...
+    async def publish(self, channel: str, message: str) -> None: ...
+    async def info(self) -> dict[str, int | str | bool]: ...
     async def aclose(self) -> None: ...
 
 
@@ -73,6 +108,10 @@ class MemoryBackend:
         return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.put(key, value, ttl)
+
+    def put(self, key: str, value: bytes, ttl: float | None) -> None:
+        """``set`` without a coroutine, for callers that must not yield in between."""
         self._drop(key)
         cost = _cost(key, value)
         if cost > self.max_bytes:
@@ -89,16 +128,44 @@ class MemoryBackend:
         for key, value in items.items():
             await self.set(key, value, ttl)
 
+    async def set_if_newer(
+        self, key: str, value: bytes, ttl: float | None, notify: Notice | None = None
+    ) -> bool:
+        """Store ``value`` unless a higher version is stored; nobody else to notify."""
+        stored = await self.get(key)
+        if stored is not None and not _supersedes(value, stored):
+            return False
+        await self.set(key, value, ttl)
+        return True
+
     async def delete(self, keys: Sequence[str]) -> int:
         return sum(self._drop(key) for key in keys)
+
+    def discard(self, key: str) -> None:
+        """``delete`` of one key without a coroutine."""
+        self._drop(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.size_bytes = 0
 
     async def delete_prefix(self, prefix: str) -> int:
         doomed = [key for key in self._entries if key.startswith(prefix)]
         return await self.delete(doomed)
 
+    async def publish(self, channel: str, message: str) -> None:
+        """Nothing to do: no other process shares this memory."""
+
+    async def info(self) -> dict[str, int | str | bool]:
+        return {
+            "entries": len(self._entries),
+            "bytes": self.size_bytes,
+            "max_bytes": self.max_bytes,
+            "evictions": self.evictions,
+        }
+
     async def aclose(self) -> None:
-        self._entries.clear()
-        self.size_bytes = 0
+        self.clear()
 
     def _drop(self, key: str) -> bool:
         entry = self._entries.pop(key, None)
@@ -110,6 +177,18 @@ class MemoryBackend:
 
 def _cost(key: str, value: bytes) -> int:
     return len(key) + len(value) + _ENTRY_OVERHEAD
+
+
+def leading_version(value: bytes) -> int | None:
+    """The version a versioned value starts with, or None when it has none."""
+    head, space, _ = value[:25].partition(b" ")
+    return int(head) if space and head.isdigit() else None
+
+
+def _supersedes(new: bytes, stored: bytes) -> bool:
+    # The same rule as the Lua script above.
+    old = leading_version(stored)
+    return old is None or old == 0 or (leading_version(new) or 0) > old
 
 
 class RedisBackend:
@@ -131,6 +210,8 @@ class RedisBackend:
         socket_timeout: float = 0.5,
         pool_timeout: float = 1.0,
     ) -> None:
+        self._url = url  # may hold a password: never logged
+        self._socket_timeout = socket_timeout
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -139,6 +220,7 @@ class RedisBackend:
             socket_connect_timeout=socket_timeout,
         )
         self.client = aioredis.Redis(connection_pool=self._pool)
+        self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
         self.hiredis = uses_hiredis()
         if not self.hiredis:
             logger.warning("hiredis is not in use: Redis replies are parsed in pure Python")
@@ -162,6 +244,19 @@ class RedisBackend:
                 pipe.set(key, value, px=_milliseconds(ttl))
             await pipe.execute()
 
+    async def set_if_newer(
+        self, key: str, value: bytes, ttl: float | None, notify: Notice | None = None
+    ) -> bool:
+        """Compare and set atomically (a Lua script), publishing ``notify`` with it."""
+        channel, message = notify or ("", "")
+        version = leading_version(value)
+        if version is None:
+            raise ValueError("a versioned value starts with its version and a space")
+        written = await self._set_if_newer(
+            keys=[key], args=[version, value, _milliseconds(ttl) or 0, channel, message]
+        )
+        return bool(written)
+
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
@@ -180,6 +275,39 @@ class RedisBackend:
         if batch:
             removed += await self.client.unlink(*batch)
         return removed
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self.client.publish(channel, message)
+
+    async def info(self) -> dict[str, int | str | bool]:
+        """What Redis says of itself: version, memory, evictions, its own hit counts."""
+        server = await self.client.info("server")
+        memory = await self.client.info("memory")
+        stats = await self.client.info("stats")
+        return {
+            "redis_version": str(server.get("redis_version", "")),
+            "hiredis": self.hiredis,
+            "keys": int(await self.client.dbsize()),
+            "used_memory": int(memory.get("used_memory", 0)),
+            "maxmemory": int(memory.get("maxmemory", 0)),
+            "maxmemory_policy": str(memory.get("maxmemory_policy", "")),
+            "evicted_keys": int(stats.get("evicted_keys", 0)),
+            "keyspace_hits": int(stats.get("keyspace_hits", 0)),
+            "keyspace_misses": int(stats.get("keyspace_misses", 0)),
+        }
+
+    def subscriber(self) -> aioredis.Redis:
+        """A client of its own for one long-lived pub/sub connection.
+
+        It does not retry: a lost connection must reach the listener, which has to
+        assume it missed messages. Reads are bounded by the listener, not by the
+        short socket timeout meant for commands.
+        """
+        return aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=self._socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -29,10 +29,15 @@ from typing import Any, Self, TypeVar
 import orjson
 from redis.exceptions import RedisError
 
-from service.cache.backends import CacheBackend, MemoryBackend, RedisBackend
+from service.cache.backends import CacheBackend, MemoryBackend, Notice, RedisBackend
 from service.cache.breaker import CircuitBreaker
 from service.config import Settings
-from service.errors import CacheSerializationError, ClosedError, InvalidCacheArgument
+from service.errors import (
+    CacheSerializationError,
+    CacheUnavailable,
+    ClosedError,
+    InvalidCacheArgument,
+)
 from service.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -148,6 +153,14 @@ class CacheManager:
         full = self.full_key(key, namespace)
         return bool(await self._call(self.backend.delete([full]), 0))
 
+    async def invalidate(self, key: str, namespace: str | None = None) -> bool:
+        """``delete`` that does not fail open: :class:`CacheUnavailable` on an outage."""
+        full = self.full_key(key, namespace)
+        removed = await self._call(self.backend.delete([full]), None)
+        if removed is None:
+            raise CacheUnavailable(f"cache {self.backend.name} unreachable: nothing invalidated")
+        return bool(removed)
+
     async def get_many(self, keys: Sequence[str], namespace: str | None = None) -> dict[str, Any]:
         """The cached values of ``keys`` (one round trip); absent keys are left out."""
         fulls = [self.full_key(key, namespace) for key in keys]
@@ -190,10 +203,56 @@ class CacheManager:
         # Shielded: one waiter giving up must not cancel the load the others wait for.
         return await asyncio.shield(flight)
 
+    async def get_raw(self, key: str, namespace: str | None = None) -> bytes | None:
+        """The stored bytes as they are (no deserialization); None on a miss or outage."""
+        full = self.full_key(key, namespace)
+        raw = await self._call(self.backend.get(full), None)
+        if raw is None:
+            self._misses += 1
+        else:
+            self._hits += 1
+        return raw
+
+    async def set_if_newer(
+        self,
+        key: str,
+        value: bytes,
+        namespace: str | None = None,
+        ttl: float | None = None,
+        notify: Notice | None = None,
+    ) -> bool | None:
+        """Store versioned bytes unless a higher version is stored (see the backends).
+
+        True when written, False when a newer version kept its place, None when the
+        backend could not be reached (nothing is known about what it holds).
+        ``notify`` is a pub/sub ``(channel, message)`` published in the same step.
+        """
+        full = self.full_key(key, namespace)
+        operation = self.backend.set_if_newer(full, value, self._ttl(ttl), notify)
+        return await self._call(operation, None)
+
+    async def publish(self, channel: str, message: str) -> bool:
+        """Publish to the other replicas (a no-op in memory); False on an outage."""
+        return await self._call(_publish(self.backend, channel, message), False)
+
     async def invalidate_namespace(self, namespace: str) -> int:
-        """Remove every key of ``namespace`` (SCAN + UNLINK in batches); return how many."""
+        """Remove every key of ``namespace`` (SCAN + UNLINK in batches); return how many.
+
+        Unlike reads and writes this does not fail open: when the backend cannot be
+        reached it raises :class:`CacheUnavailable`, because the caller must know.
+        """
         prefix = self.full_key("x", namespace)[:-1]
-        return int(await self._call(self.backend.delete_prefix(prefix), 0))
+        removed = await self._call(self.backend.delete_prefix(prefix), None)
+        if removed is None:
+            raise CacheUnavailable(f"cache {self.backend.name} unreachable: nothing invalidated")
+        return int(removed)
+
+    async def backend_info(self) -> dict[str, int | str | bool]:
+        """What the backend reports of itself; raises :class:`CacheUnavailable` on an outage."""
+        info = await self._call(self.backend.info(), None)
+        if info is None:
+            raise CacheUnavailable(f"cache {self.backend.name} unreachable")
+        return info
 
     def stats(self) -> CacheStats:
         return CacheStats(
@@ -281,6 +340,11 @@ def _dumps(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
         raise CacheSerializationError(f"cannot serialize for the cache: {exc}") from None
+
+
+async def _publish(backend: CacheBackend, channel: str, message: str) -> bool:
+    await backend.publish(channel, message)
+    return True
 
 
 def _discard(operation: Awaitable[Any]) -> None:

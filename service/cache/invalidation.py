@@ -1,0 +1,128 @@
+"""Cross-replica L1 invalidation: a Redis pub/sub listener that never trusts a gap.
+
+Every write publishes the id it changed; each replica's listener drops that id from its
+in-process tier. A message published while a listener is not connected is lost, so
+whenever the listener (re)subscribes it reports a gap and the owner clears its whole
+in-process tier: after a reconnect nothing stale survives, and while disconnected the
+tier's own TTL (L1_TTL) bounds how long an entry can be served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from service.cache.backends import RedisBackend
+from service.logs import RateLimitedLog
+
+logger = logging.getLogger(__name__)
+
+ALL = "*"
+"""The message that means "drop everything" (never a valid analysis_id)."""
+
+
+class InvalidationListener:
+    """Runs one subscriber task; ``on_message(text)`` per message, ``on_gap()`` per (re)connect.
+
+    A silent connection is not trusted either: with no traffic for ``ping_interval`` the
+    listener pings, and with nothing heard for ``dead_after`` it reconnects.
+    """
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        channel: str,
+        on_message: Callable[[str], None],
+        on_gap: Callable[[], None],
+        *,
+        ping_interval: float = 5.0,
+        dead_after: float = 15.0,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.channel = channel
+        self._backend = backend
+        self._on_message = on_message
+        self._on_gap = on_gap
+        self._ping_interval = ping_interval
+        self._dead_after = dead_after
+        self._max_backoff = max_backoff
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._log = RateLimitedLog(logger, interval=5.0)
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"listen {self.channel}")
+
+    async def wait_connected(self, within: float) -> bool:
+        """True once subscribed (for start-up and tests); False after ``within`` s."""
+        try:
+            async with asyncio.timeout(within):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Stop listening. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            connects = self.reconnects
+            try:
+                await self._listen()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._log.warning(
+                    "lost", "cache invalidation listener disconnected, retrying: %r", exc
+                )
+            self._connected.clear()
+            backoff = 0.05 if self.reconnects != connects else min(backoff * 2, self._max_backoff)
+            await asyncio.sleep(backoff)
+
+    async def _listen(self) -> None:
+        client = self._backend.subscriber()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            if self.reconnects:
+                logger.info("cache invalidation listener reconnected")
+            self.reconnects += 1
+            self._on_gap()
+            self._connected.set()
+            heard = pinged = time.monotonic()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    if message["type"] == "message":
+                        self._on_message(message["data"].decode())
+                    elif message["type"] == "pong":
+                        continue
+                if now - heard > self._dead_after:
+                    raise TimeoutError(f"no reply on {self.channel} for {self._dead_after:g} s")
+                if now - max(heard, pinged) > self._ping_interval:
+                    pinged = now
+                    await pubsub.ping()
+        finally:
+            self._connected.clear()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()

@@ -1,0 +1,472 @@
+"""ResultCache: results read through two cache tiers, never older than an acknowledged write.
+
+Tiers: an in-process LRU (L1, bounded by L1_MAX_BYTES and L1_TTL) in front of the
+shared backend (Redis, or process memory without REDIS_URL), in front of the store.
+
+What is promised, and how:
+
+* **A hit does no JSON work.** Entries hold the stored JSON text behind a short header
+  (:mod:`service.cache.entry`).
+* **One database query per key per process under a stampede.** Everything after an L1
+  miss (the Redis lookup and the database read) runs once per key as a *flight* that
+  concurrent callers share.
+* **Never an older version after a write is acknowledged here.** A write commits, then
+  stores its version in the shared tier with a compare-and-set that only a higher
+  version passes, then ends every flight in progress for the id and drops it from L1,
+  and only then returns. A flight that a write ended fills nothing, so a read that began
+  before the write cannot put its older answer back; flights started afterwards find
+  the new version in the shared tier. Deletes store a tombstone version the same way.
+* **Other replicas drop their L1 entry** when the write's pub/sub notice arrives (one
+  round trip with the compare-and-set). Until then they may serve the previous version;
+  if notices cannot arrive, for at most L1_TTL.
+* **Fail-open.** With Redis unreachable, reads go to the store. A write whose version
+  could not reach Redis leaves the id *unsynced*: this process reads it from the store
+  (never from Redis, which may hold the old version) and repairs Redis in the
+  background as soon as it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
+
+from service.cache import entry
+from service.cache.backends import MemoryBackend, Notice, RedisBackend
+from service.cache.invalidation import ALL, InvalidationListener
+from service.cache.manager import CacheManager
+from service.config import Settings
+from service.db.results import (
+    Absent,
+    IfMatch,
+    ResultMeta,
+    ResultStore,
+    StoredResult,
+    WriteOutcome,
+    encode_document,
+    validate_analysis_id,
+)
+from service.errors import CacheUnavailable, ConfigurationError, DatabaseError
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "results"
+ABSENT_TTL = 60.0
+"""Seconds an id that was never written stays cached as absent (bounds what probing costs)."""
+MAX_UNSYNCED = 10_000
+MAX_WRITTEN = 100_000
+"""Ids whose latest local write is remembered (an LRU), to refuse older shared entries."""
+REPAIR_INTERVAL = 1.0
+
+Source = Literal["l1", "shared", "database"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRead:
+    """What :meth:`ResultCache.get` found, and where."""
+
+    found: StoredResult | Absent
+    source: Source
+
+    @property
+    def hit(self) -> bool:
+        return self.source != "database"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCacheStats:
+    """Counters since start. ``l1_hits + shared_hits + loads`` is every read-through."""
+
+    l1_hits: int
+    shared_hits: int
+    loads: int
+    """Reads that went to the database (one per flight)."""
+    joined: int
+    """Reads that waited on another caller's flight instead of starting one."""
+    l1_entries: int
+    l1_bytes: int
+    l1_max_bytes: int
+    l1_evictions: int
+    unsynced: int
+    """Ids whose latest version has yet to reach Redis."""
+    listener: str
+    """``connected``, ``disconnected``, or ``none`` without Redis or L1."""
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+class ResultCache:
+    """Analysis results cached by version; the specification's part 2.
+
+    From your own asyncio code, with or without a database behind it::
+
+        async with ResultCache(CacheManager.from_url("redis://127.0.0.1:6379/0")) as results:
+            await results.cache_analysis_result("run-42", {"score": 0.9})
+            await results.get_analysis_result("run-42")     # {"score": 0.9}
+
+    With a :class:`ResultStore` it also reads through (:meth:`get`) and writes through
+    (:meth:`put`, :meth:`delete`); that is what the HTTP API uses.
+    """
+
+    def __init__(
+        self,
+        cache: CacheManager | None = None,
+        store: ResultStore | None = None,
+        *,
+        ttl: float | None = None,
+        l1: MemoryBackend | None = None,
+        l1_ttl: float = 5.0,
+    ) -> None:
+        self._owns_cache = cache is None
+        self.cache = cache or CacheManager.from_url(None, default_ttl=3600)
+        self.store = store
+        self.ttl = ttl if ttl is not None else (self.cache.default_ttl or 3600.0)
+        self.l1 = l1
+        self.l1_ttl = l1_ttl
+        self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
+        # Notices say who sent them, so a replica skips its own (it already acted).
+        self._sender = uuid.uuid4().hex[:12]
+        self._flights: dict[str, asyncio.Task[CachedRead]] = {}
+        self._written: OrderedDict[str, int] = OrderedDict()
+        self._unsynced: dict[str, object] = {}
+        self._unsynced_overflow = False
+        self._repair: asyncio.Task[None] | None = None
+        self._listener: InvalidationListener | None = None
+        backend = self.cache.backend
+        if l1 is not None and isinstance(backend, RedisBackend):
+            self._listener = InvalidationListener(
+                backend, self.channel, self._on_notice, self._drop_everything_local
+            )
+        self._l1_hits = self._shared_hits = self._loads = self._joined = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ResultStore | None = None) -> ResultCache:
+        """The service's two tiers: L1 (only in front of Redis) and the shared backend."""
+        cache = CacheManager.from_settings(settings)
+        l1 = MemoryBackend(settings.l1_max_bytes) if settings.redis_url else None
+        results = cls(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
+        results._owns_cache = True
+        return results
+
+    @property
+    def listener(self) -> InvalidationListener | None:
+        return self._listener
+
+    async def start(self, wait: float = 1.0) -> None:
+        """Start listening for other replicas' writes (waits up to ``wait`` s for it)."""
+        if self._listener is not None:
+            self._listener.start()
+            if not await self._listener.wait_connected(wait):
+                logger.warning("cache invalidation listener not connected yet; L1_TTL bounds L1")
+
+    async def aclose(self) -> None:
+        """Stop the listener and repairs; close the CacheManager if this cache made it."""
+        if self._listener is not None:
+            await self._listener.aclose()
+        if self._repair is not None:
+            self._repair.cancel()
+            await asyncio.gather(self._repair, return_exceptions=True)
+            self._repair = None
+        if self._owns_cache:
+            await self.cache.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # The specification's interface: the cache alone, no database.
+
+    async def get_analysis_result(self, analysis_id: str) -> dict[str, Any] | None:
+        """The cached document, or None when not cached (or cached as absent)."""
+        validate_analysis_id(analysis_id)
+        raw = await self._l1_get(analysis_id)
+        if raw is None:
+            raw = await self.cache.get_raw(analysis_id, NAMESPACE)
+        found = _decode(analysis_id, raw)
+        return found.document() if isinstance(found, StoredResult) else None
+
+    async def cache_analysis_result(
+        self,
+        analysis_id: str,
+        result: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        version: int | None = None,
+    ) -> bool:
+        """Cache ``result`` for ``ttl`` seconds (default RESULT_TTL); True when stored.
+
+        With ``version``, a cached higher version is kept and False returned. Without,
+        the entry is version 0: it replaces only another version-0 entry, and the
+        read-through never serves it as a stored version.
+        """
+        validate_analysis_id(analysis_id)
+        if version is not None and (isinstance(version, bool) or version < 1):
+            raise ValueError(f"version must be a whole number >= 1, got {version!r}")
+        now = datetime.now(UTC)
+        meta = ResultMeta(analysis_id, version or 0, now, now)
+        document = StoredResult(meta, encode_document(result).encode())
+        return await self._publish(document, ttl) is True
+
+    # Read-through and write-through, for the HTTP API.
+
+    async def get(self, analysis_id: str) -> CachedRead:
+        """The current result (or its absence): from L1, the shared tier, or the store."""
+        validate_analysis_id(analysis_id)
+        raw = await self._l1_get(analysis_id)
+        if raw is not None:
+            self._l1_hits += 1
+            return CachedRead(entry.decode(analysis_id, raw), "l1")
+        flight = self._flights.get(analysis_id)
+        if flight is None:
+            flight = asyncio.ensure_future(self._load(analysis_id))
+            self._flights[analysis_id] = flight
+            flight.add_done_callback(lambda done: self._land(analysis_id, done))
+        else:
+            self._joined += 1
+        # Shielded: a caller that gives up must not cancel the flight others wait on.
+        return await asyncio.shield(flight)
+
+    async def put(
+        self,
+        analysis_id: str,
+        document: Mapping[str, Any] | bytes,
+        *,
+        if_match: IfMatch = None,
+        if_none_match: bool = False,
+    ) -> WriteOutcome:
+        """:meth:`ResultStore.put`, then the new version into the cache before returning."""
+        outcome = await self._store().put(
+            analysis_id, document, if_match=if_match, if_none_match=if_none_match
+        )
+        await self._publish(outcome.result, self.ttl)
+        return outcome
+
+    async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta:
+        """:meth:`ResultStore.delete`, then a tombstone into the cache before returning."""
+        meta = await self._store().delete(analysis_id, if_match=if_match)
+        await self._publish(Absent(analysis_id, meta.version), self.ttl)
+        return meta
+
+    async def invalidate(self, analysis_id: str | None = None) -> int:
+        """Drop one id (or, with None, the whole namespace) from every tier and replica.
+
+        Returns how many shared entries were removed; raises :class:`CacheUnavailable`
+        when the shared tier cannot be reached. Unlike a write this leaves no version
+        behind, so use it to recover from trouble, not in the write path.
+        """
+        if analysis_id is None:
+            removed = await self.cache.invalidate_namespace(NAMESPACE)
+            self._drop_everything_local()
+            await self.cache.publish(self.channel, self._notice(ALL))
+            return removed
+        validate_analysis_id(analysis_id)
+        removed = int(await self.cache.invalidate(analysis_id, NAMESPACE))
+        self._drop_local(analysis_id)
+        await self.cache.publish(self.channel, self._notice(analysis_id))
+        return removed
+
+    def stats(self) -> ResultCacheStats:
+        l1 = self.l1
+        if self._listener is None:
+            listener = "none"
+        else:
+            listener = "connected" if self._listener.connected else "disconnected"
+        return ResultCacheStats(
+            l1_hits=self._l1_hits,
+            shared_hits=self._shared_hits,
+            loads=self._loads,
+            joined=self._joined,
+            l1_entries=len(l1) if l1 is not None else 0,
+            l1_bytes=l1.size_bytes if l1 is not None else 0,
+            l1_max_bytes=l1.max_bytes if l1 is not None else 0,
+            l1_evictions=l1.evictions if l1 is not None else 0,
+            unsynced=len(self._unsynced),
+            listener=listener,
+        )
+
+    # Internals.
+
+    async def _load(self, analysis_id: str) -> CachedRead:
+        """One flight: the shared tier, else the store and a guarded fill."""
+        me = asyncio.current_task()
+        if not self._is_unsynced(analysis_id):
+            raw = await self.cache.get_raw(analysis_id, NAMESPACE)
+            found = _decode(analysis_id, raw)
+            if found is not None and self._current(found):
+                self._shared_hits += 1
+                if self._flights.get(analysis_id) is me:
+                    self._l1_set(analysis_id, raw, found)
+                return CachedRead(found, "shared")
+        found = await self._store().read(analysis_id)
+        self._loads += 1
+        if self._flights.get(analysis_id) is me:  # no write has ended this flight
+            token = self._unsynced.get(analysis_id)
+            raw = entry.encode(found)
+            written = await self.cache.set_if_newer(
+                analysis_id, raw, NAMESPACE, self._ttl_for(found, self.ttl)
+            )
+            if written is not None:
+                self._synced(analysis_id, token)
+            if self._flights.get(analysis_id) is me:
+                self._l1_set(analysis_id, raw, found)
+        return CachedRead(found, "database")
+
+    def _land(self, analysis_id: str, flight: asyncio.Task[CachedRead]) -> None:
+        if self._flights.get(analysis_id) is flight:
+            del self._flights[analysis_id]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so a flight nobody awaits stays quiet
+
+    def _current(self, found: StoredResult | Absent) -> bool:
+        """May a shared entry be served? Not version 0 with a document (cached by hand),
+        and not older than a write this process made: the compare-and-set cannot stop an
+        older write landing after a newer entry was evicted, but this check can."""
+        if isinstance(found, StoredResult) and found.meta.version == 0:
+            return False
+        return _version(found) >= self._written.get(_id_of(found), 0)
+
+    async def _publish(self, found: StoredResult | Absent, ttl: float | None) -> bool | None:
+        """Shared tier (compare-and-set plus notice), then end local flights and L1 entry."""
+        analysis_id = _id_of(found)
+        version = _version(found)
+        newest = self._written.get(analysis_id, 0)
+        if version and version < newest:
+            return False  # a newer write from here has been published: nothing to add
+        if version:
+            self._written[analysis_id] = version
+            self._written.move_to_end(analysis_id)
+            if len(self._written) > MAX_WRITTEN:
+                self._written.popitem(last=False)
+        notice = self._notice_for(analysis_id)
+        written = await self.cache.set_if_newer(
+            analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, ttl), notice
+        )
+        if written is None:
+            self._mark_unsynced(analysis_id)
+        self._drop_local(analysis_id)
+        return written
+
+    def _ttl_for(self, found: StoredResult | Absent, ttl: float | None) -> float:
+        ttl = self.ttl if ttl is None else ttl
+        if isinstance(found, Absent) and found.version == 0:
+            return min(ttl, ABSENT_TTL)
+        return ttl
+
+    def _notice(self, what: str) -> str:
+        return f"{self._sender} {what}"
+
+    def _notice_for(self, analysis_id: str) -> Notice | None:
+        """The pub/sub notice of a write, when other replicas keep an L1 to drop."""
+        return (self.channel, self._notice(analysis_id)) if self._listener else None
+
+    def _on_notice(self, message: str) -> None:
+        sender, _, what = message.partition(" ")
+        if sender == self._sender:
+            return
+        if what == ALL:
+            self._drop_everything_local()
+        elif what:
+            self._drop_local(what)
+
+    def _drop_local(self, analysis_id: str) -> None:
+        """End any flight for the id (it fills nothing now) and forget its L1 entry."""
+        self._flights.pop(analysis_id, None)
+        if self.l1 is not None:
+            self.l1.discard(self._key(analysis_id))
+
+    def _drop_everything_local(self) -> None:
+        self._flights.clear()
+        if self.l1 is not None:
+            self.l1.clear()
+
+    async def _l1_get(self, analysis_id: str) -> bytes | None:
+        return None if self.l1 is None else await self.l1.get(self._key(analysis_id))
+
+    def _l1_set(self, analysis_id: str, raw: bytes | None, found: StoredResult | Absent) -> None:
+        if self.l1 is None or raw is None:
+            return
+        ttl = self.l1_ttl
+        if isinstance(found, Absent) and found.version == 0:
+            ttl = min(ttl, ABSENT_TTL)
+        self.l1.put(self._key(analysis_id), raw, ttl)
+
+    def _key(self, analysis_id: str) -> str:
+        return f"{NAMESPACE}:{analysis_id}"
+
+    def _store(self) -> ResultStore:
+        if self.store is None:
+            raise ConfigurationError(
+                "store", "this ResultCache was made without a ResultStore to read through"
+            )
+        return self.store
+
+    # Unsynced ids: their newest version did not reach Redis.
+
+    def _is_unsynced(self, analysis_id: str) -> bool:
+        return self._unsynced_overflow or analysis_id in self._unsynced
+
+    def _mark_unsynced(self, analysis_id: str) -> None:
+        if len(self._unsynced) >= MAX_UNSYNCED:
+            # Too many to repair one by one: distrust the shared tier until it is cleared.
+            self._unsynced_overflow = True
+            self._unsynced.clear()
+        else:
+            self._unsynced[analysis_id] = object()
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.ensure_future(self._repair_loop())
+
+    def _synced(self, analysis_id: str, token: object | None) -> None:
+        if token is not None and self._unsynced.get(analysis_id) is token:
+            del self._unsynced[analysis_id]
+
+    async def _repair_loop(self) -> None:
+        """Put each unsynced id's current version into Redis once it answers again."""
+        while self._unsynced or self._unsynced_overflow:
+            await asyncio.sleep(REPAIR_INTERVAL)
+            try:
+                if self._unsynced_overflow:
+                    await self.cache.invalidate_namespace(NAMESPACE)
+                    self._unsynced_overflow = False
+                    await self.cache.publish(self.channel, self._notice(ALL))
+                    continue
+                for analysis_id, token in list(self._unsynced.items())[:100]:
+                    found = await self._store().read(analysis_id)
+                    written = await self.cache.set_if_newer(
+                        analysis_id,
+                        entry.encode(found),
+                        NAMESPACE,
+                        self._ttl_for(found, self.ttl),
+                        self._notice_for(analysis_id),
+                    )
+                    if written is None:
+                        break
+                    self._synced(analysis_id, token)
+            except (CacheUnavailable, DatabaseError) as exc:
+                logger.warning("cache repair deferred: %r", exc)
+
+
+def _id_of(found: StoredResult | Absent) -> str:
+    return found.analysis_id if isinstance(found, Absent) else found.meta.analysis_id
+
+
+def _version(found: StoredResult | Absent) -> int:
+    return found.version if isinstance(found, Absent) else found.meta.version
+
+
+def _decode(analysis_id: str, raw: bytes | None) -> StoredResult | Absent | None:
+    """The entry's content, or None for no entry or one this version cannot read."""
+    if raw is None:
+        return None
+    try:
+        return entry.decode(analysis_id, raw)
+    except ValueError:
+        return None
