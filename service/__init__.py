@@ -15,13 +15,23 @@ from __future__ import annotations
 __version__ = "0.1.0"  # before the imports: service.api.openapi reads it
 
 from service.app import create_app
-from service.cache import CacheManager, CacheStats, CircuitBreaker, MemoryBackend, RedisBackend
+from service.cache import (
+    CachedRead,
+    CacheManager,
+    CacheStats,
+    CircuitBreaker,
+    MemoryBackend,
+    RedisBackend,
+    ResultCache,
+    ResultCacheStats,
+)
 from service.config import Settings
 from service.db.pool import ConnectionPool, PoolStats
-from service.db.results import Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
+from service.db.results import Absent, Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
 from service.errors import (
     CacheError,
     CacheSerializationError,
+    CacheUnavailable,
     ClosedError,
     ConfigurationError,
     DatabaseError,
@@ -38,10 +48,13 @@ from service.errors import (
 )
 
 __all__ = [
+    "Absent",
     "CacheError",
     "CacheManager",
     "CacheSerializationError",
     "CacheStats",
+    "CacheUnavailable",
+    "CachedRead",
     "CircuitBreaker",
     "ClosedError",
     "ConfigurationError",
@@ -58,6 +71,8 @@ __all__ = [
     "PoolStats",
     "PreconditionFailed",
     "RedisBackend",
+    "ResultCache",
+    "ResultCacheStats",
     "ResultError",
     "ResultMeta",
     "ResultNotFound",

@@ -7,10 +7,13 @@ import service
 
 def test_all_is_pinned() -> None:
     assert service.__all__ == [
+        "Absent",
         "CacheError",
         "CacheManager",
         "CacheSerializationError",
         "CacheStats",
+        "CacheUnavailable",
+        "CachedRead",
         "CircuitBreaker",
         "ClosedError",
         "ConfigurationError",
@@ -27,6 +30,8 @@ def test_all_is_pinned() -> None:
         "PoolStats",
         "PreconditionFailed",
         "RedisBackend",
+        "ResultCache",
+        "ResultCacheStats",
         "ResultError",
         "ResultMeta",
         "ResultNotFound",
