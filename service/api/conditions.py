@@ -6,6 +6,7 @@ version names exactly one stored document.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
@@ -72,6 +73,7 @@ def parse_if_none_match_for_write(header: str | None) -> bool:
     raise Problem(400, "on PUT, If-None-Match supports only *", slug="bad-precondition")
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(moment: datetime) -> str:
-    """An IMF-fixdate for Last-Modified."""
+    """An IMF-fixdate for Last-Modified (memoized: a hot result sends the same one)."""
     return format_datetime(moment, usegmt=True)

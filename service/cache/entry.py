@@ -13,7 +13,7 @@ version by the read-through.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from service.db.results import Absent, ResultMeta, StoredResult
 
@@ -50,5 +50,4 @@ def _micros(moment: datetime) -> int:
 
 
 def _moment(micros: int) -> datetime:
-    seconds, rest = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest)
+    return _EPOCH + timedelta(microseconds=micros)
