@@ -10,6 +10,10 @@ A tiny path dispatcher (no framework in the way) sends
 * ``/engine-default/{id}`` the same on a second pool with the default sizes (20 + 10
                       overflow), to show what overflow connections cost under load;
 * ``/bench/queries``  to the number of SQL statements the service has run so far;
+* ``/redis-only/...``, ``/miss/...``, ``/no-cache/...`` to the service's routes with a
+                      ResultCache of their own (same pool, same store): Redis without L1;
+                      Redis entries that expire after 1 ms (every read a full miss: Redis
+                      GET, PostgreSQL, compare-and-set fill); and a cache with no room;
 * everything else     to the service, exactly as ``service serve`` builds it.
 
 so every ratio in the report compares paths that share one process, one core and one
@@ -19,6 +23,7 @@ event loop. Configured through the service's own settings (``DATABASE_URL`` ...)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +37,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
+from service.cache.backends import MemoryBackend
+from service.cache.manager import CacheManager
+from service.cache.results import ResultCache
 from service.config import Settings
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
@@ -91,6 +99,7 @@ def create_bench_app() -> ASGIApp:
         ("/engine-default/", engine_app),
         ("/bench/", queries_app),
     ]
+    variants: dict[str, dict[str, Any]] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[dict[str, Any]]:
@@ -112,9 +121,22 @@ def create_bench_app() -> ASGIApp:
             shared["raw"] = await asyncpg.create_pool(dsn, min_size=size, max_size=size)
             default_pool = ConnectionPool(settings.database)
             shared["default_store"] = ResultStore(default_pool)
+            store = state["store"]
+            no_l1 = dataclasses.replace(settings, l1_max_bytes=0)
+            caches = {
+                "/redis-only": ResultCache.from_settings(no_l1, store),
+                "/miss": ResultCache(CacheManager.from_settings(no_l1), store, ttl=0.001),
+                "/no-cache": ResultCache(CacheManager(MemoryBackend(0)), store),
+            }
+            for prefix, cache in caches.items():
+                await cache.start()
+                variants[prefix] = {**state, "results": cache}
             try:
                 yield state
             finally:
+                for cache in caches.values():
+                    await cache.aclose()
+                    await cache.cache.aclose()
                 await default_pool.aclose()
                 await shared["raw"].close()
 
@@ -127,6 +149,10 @@ def create_bench_app() -> ASGIApp:
             if path.startswith(prefix):
                 await target(scope, receive, send)
                 return
+        head = path[: path.find("/", 1)]
+        variant = variants.get(head)
+        if variant is not None:
+            scope = {**scope, "path": path[len(head) :], "state": variant}
         await service(scope, receive, send)
 
     return app
