@@ -149,7 +149,9 @@ class ResultCache:
     def from_settings(cls, settings: Settings, store: ResultStore | None = None) -> ResultCache:
         """The service's two tiers: L1 (only in front of Redis) and the shared backend."""
         cache = CacheManager.from_settings(settings)
-        l1 = MemoryBackend(settings.l1_max_bytes) if settings.redis_url else None
+        # No L1 without Redis (the memory backend is then the only tier) or without room.
+        wanted = settings.redis_url and settings.l1_max_bytes > 0
+        l1 = MemoryBackend(settings.l1_max_bytes) if wanted else None
         results = cls(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
         results._owns_cache = True
         return results
