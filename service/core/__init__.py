@@ -1,0 +1,1 @@
+"""Pieces of HTTP that serve any ASGI app: content-coding negotiation (compression next)."""
