@@ -118,28 +118,26 @@ def problem_for(exc: Exception) -> Problem:
         case errors.PreconditionFailed():
             return Problem(412, str(exc), slug="precondition-failed")
         case errors.PoolExhausted():
-            return Problem(
-                503,
-                "every database connection is busy; retry shortly",
-                slug="pool-exhausted",
-                headers={"Retry-After": str(exc.retry_after)},
+            return _retry_later(
+                exc, "pool-exhausted", "every database connection is busy; retry shortly"
             )
         case errors.CacheUnavailable():
-            return Problem(
-                503,
-                "the cache is unavailable; nothing was invalidated",
-                slug="cache-unavailable",
-                headers={"Retry-After": str(exc.retry_after)},
+            return _retry_later(
+                exc, "cache-unavailable", "the cache is unavailable; nothing was invalidated"
             )
         case errors.DatabaseUnavailable():
-            return Problem(
-                503,
-                "the database is unavailable; retry shortly",
-                slug="database-unavailable",
-                headers={"Retry-After": str(exc.retry_after)},
+            return _retry_later(
+                exc, "database-unavailable", "the database is unavailable; retry shortly"
             )
         case _:
             return Problem(500, "the server failed to handle this request; it has been logged")
+
+
+def _retry_later(
+    exc: errors.DatabaseError | errors.CacheUnavailable, slug: str, detail: str
+) -> Problem:
+    """A 503 whose Retry-After comes from the error."""
+    return Problem(503, detail, slug=slug, headers={"Retry-After": str(exc.retry_after)})
 
 
 _DEFAULT_DETAIL = {
