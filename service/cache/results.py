@@ -342,7 +342,11 @@ class ResultCache:
         version = _version(found)
         newest = self._written.get(analysis_id, 0)
         if version and version < newest:
-            return False  # a newer write from here has been published: nothing to add
+            # A newer write from here is being published: nothing to add to the shared
+            # tier, but that write may not have dropped the local copies yet, and this one
+            # must not be acknowledged while L1 can still serve what preceded it.
+            self._drop_local(analysis_id)
+            return False
         if version:
             self._written[analysis_id] = version
             self._written.move_to_end(analysis_id)
