@@ -26,6 +26,7 @@ from service.cache import (
     ResultCacheStats,
 )
 from service.config import Settings
+from service.core.compression import CompressionMiddleware, CompressionStats
 from service.db.pool import ConnectionPool, PoolStats
 from service.db.results import Absent, Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
 from service.errors import (
@@ -57,6 +58,8 @@ __all__ = [
     "CachedRead",
     "CircuitBreaker",
     "ClosedError",
+    "CompressionMiddleware",
+    "CompressionStats",
     "ConfigurationError",
     "ConnectionPool",
     "DatabaseError",

@@ -9,11 +9,13 @@ from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from service.api import admin, health, openapi, results
 from service.api.responses import Problem, handle_exception
 from service.cache.results import ResultCache
 from service.config import Settings
+from service.core.compression import CompressionMiddleware, CompressionStats
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
@@ -29,6 +31,7 @@ class State(TypedDict):
     pool: ConnectionPool
     store: ResultStore
     results: ResultCache
+    compression: CompressionStats
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     listening for other replicas' writes; on shutdown both are closed.
     """
     settings = settings or Settings.from_environ()
+    compression = CompressionStats()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -55,7 +59,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             try:
                 logger.info("cache: %s", cache.cache.backend.name)
                 await cache.start()
-                yield {"settings": settings, "pool": pool, "store": store, "results": cache}
+                yield {
+                    "settings": settings,
+                    "pool": pool,
+                    "store": store,
+                    "results": cache,
+                    "compression": compression,
+                }
             finally:
                 await cache.aclose()
         finally:
@@ -64,6 +74,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[*results.routes, *health.routes, *admin.routes, *openapi.routes],
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                CompressionMiddleware,
+                encodings=settings.compression_encodings,
+                minimum_size=settings.compression_min_size,
+                levels=settings.compression_levels,
+                stats=compression,
+            )
+        ],
         exception_handlers={
             HTTPException: handle_exception,
             Problem: handle_exception,

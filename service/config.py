@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
+from service.core.codings import BR, CODINGS, DEFAULT_LEVELS, GZIP, ZSTD, check_level
 from service.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ _DATABASE_DRIVERS = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-_ENCODINGS = ("zstd", "br", "gzip")
+_ENCODINGS = CODINGS
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
 MiB = 1024 * 1024
@@ -68,6 +69,10 @@ class Settings:
     db_statement_timeout: float = 30.0
     compression_min_size: int = 500
     compression_encodings: tuple[str, ...] = _ENCODINGS
+    compression_zstd_level: int = DEFAULT_LEVELS[ZSTD]
+    compression_br_level: int = DEFAULT_LEVELS[BR]
+    compression_gzip_level: int = DEFAULT_LEVELS[GZIP]
+    encoded_max_bytes: int = 32 * MiB
     max_result_bytes: int = MiB
     admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
@@ -93,6 +98,12 @@ class Settings:
         _at_least("DB_CONNECT_TIMEOUT", self.db_connect_timeout, 0.001)
         _at_least("DB_STATEMENT_TIMEOUT", self.db_statement_timeout, 0)
         _at_least("COMPRESSION_MIN_SIZE", self.compression_min_size, 0)
+        for coding, level in self.compression_levels.items():
+            try:
+                check_level(coding, level)
+            except ValueError as exc:
+                raise ConfigurationError(f"COMPRESSION_{coding.upper()}_LEVEL", str(exc)) from None
+        _at_least("ENCODED_MAX_BYTES", self.encoded_max_bytes, 0)
         _at_least("MAX_RESULT_BYTES", self.max_result_bytes, 2)
         if not self.cache_prefix or ":" in self.cache_prefix:
             raise ConfigurationError("CACHE_PREFIX", "must be non-empty and hold no ':'")
@@ -107,6 +118,15 @@ class Settings:
             raise ConfigurationError("LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
         if self.log_format not in _LOG_FORMATS:
             raise ConfigurationError("LOG_FORMAT", f"must be one of {', '.join(_LOG_FORMATS)}")
+
+    @property
+    def compression_levels(self) -> dict[str, int]:
+        """The inline compression level of each coding."""
+        return {
+            ZSTD: self.compression_zstd_level,
+            BR: self.compression_br_level,
+            GZIP: self.compression_gzip_level,
+        }
 
     @property
     def database(self) -> URL:
@@ -161,6 +181,10 @@ class Settings:
             db_statement_timeout=read("DB_STATEMENT_TIMEOUT", _number, 30.0),
             compression_min_size=read("COMPRESSION_MIN_SIZE", _integer, 500),
             compression_encodings=read("COMPRESSION_ENCODINGS", _word_list, _ENCODINGS),
+            compression_zstd_level=read("COMPRESSION_ZSTD_LEVEL", _integer, DEFAULT_LEVELS[ZSTD]),
+            compression_br_level=read("COMPRESSION_BR_LEVEL", _integer, DEFAULT_LEVELS[BR]),
+            compression_gzip_level=read("COMPRESSION_GZIP_LEVEL", _integer, DEFAULT_LEVELS[GZIP]),
+            encoded_max_bytes=read("ENCODED_MAX_BYTES", _integer, 32 * MiB),
             max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
             admin_token=optional("ADMIN_TOKEN"),
             log_level=read("LOG_LEVEL", str.lower, "info"),

@@ -27,6 +27,8 @@ def test_no_settings_at_all_means_embedded_sqlite_and_no_redis(
     assert (settings.db_pool_timeout, settings.db_pool_recycle) == (30.0, 1800)
     assert settings.max_result_bytes == 1024 * 1024
     assert settings.compression_encodings == ("zstd", "br", "gzip")
+    assert settings.compression_levels == {"zstd": 3, "br": 4, "gzip": 6}
+    assert settings.encoded_max_bytes == 32 * 1024 * 1024
 
 
 def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +57,10 @@ def test_values_are_read_and_cast() -> None:
         DB_POOL_TIMEOUT="0.5",
         RESULT_TTL="60",
         COMPRESSION_ENCODINGS="gzip, BR",
+        COMPRESSION_ZSTD_LEVEL="19",
+        COMPRESSION_BR_LEVEL="0",
+        COMPRESSION_GZIP_LEVEL="9",
+        ENCODED_MAX_BYTES="0",
         DB_POOL_PRE_PING="off",
         LOG_LEVEL="DEBUG",
         REDIS_URL="rediss://cache:6380/0",
@@ -65,6 +71,8 @@ def test_values_are_read_and_cast() -> None:
     assert settings.db_pool_timeout == 0.5
     assert settings.result_ttl == 60
     assert settings.compression_encodings == ("gzip", "br")
+    assert settings.compression_levels == {"zstd": 19, "br": 0, "gzip": 9}
+    assert settings.encoded_max_bytes == 0
     assert settings.db_pool_pre_ping is False
     assert settings.log_level == "debug"
     assert settings.redis_url == "rediss://cache:6380/0"
@@ -98,6 +106,12 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("MAX_RESULT_BYTES", "1"),
         ("COMPRESSION_ENCODINGS", "gzip,deflate"),
         ("COMPRESSION_ENCODINGS", "gzip,gzip"),
+        ("COMPRESSION_ZSTD_LEVEL", "20"),
+        ("COMPRESSION_ZSTD_LEVEL", "0"),
+        ("COMPRESSION_BR_LEVEL", "12"),
+        ("COMPRESSION_GZIP_LEVEL", "0"),
+        ("COMPRESSION_GZIP_LEVEL", "fast"),
+        ("ENCODED_MAX_BYTES", "-1"),
         ("CACHE_PREFIX", "a:b"),
         ("ADMIN_TOKEN", "short"),
         ("LOG_LEVEL", "loud"),

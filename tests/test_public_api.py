@@ -16,6 +16,8 @@ def test_all_is_pinned() -> None:
         "CachedRead",
         "CircuitBreaker",
         "ClosedError",
+        "CompressionMiddleware",
+        "CompressionStats",
         "ConfigurationError",
         "ConnectionPool",
         "DatabaseError",
