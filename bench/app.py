@@ -14,6 +14,11 @@ A tiny path dispatcher (no framework in the way) sends
                       ResultCache of their own (same pool, same store): Redis without L1;
                       Redis entries that expire after 1 ms (every read a full miss: Redis
                       GET, PostgreSQL, compare-and-set fill); and a cache with no room;
+* ``/inline/...``     to the service with no pre-encoded bytes (ENCODED_MAX_BYTES=0), so
+                      every compressed response is compressed inline;
+* ``/gzip-peer/...``  to the service's own routes and cache behind Starlette's
+                      GZipMiddleware (level 9, its default) instead of ours, with no
+                      pre-encoded bytes: the peer on the very same endpoint;
 * everything else     to the service, exactly as ``service serve`` builds it.
 
 so every ratio in the report compares paths that share one process, one core and one
@@ -36,6 +41,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api import results as results_api
+from service.api.responses import handle_exception
 from service.app import create_app
 from service.cache.backends import MemoryBackend
 from service.cache.manager import CacheManager
@@ -100,6 +107,11 @@ def create_bench_app() -> ASGIApp:
         ("/bench/", queries_app),
     ]
     variants: dict[str, dict[str, Any]] = {}
+    targets: dict[str, ASGIApp] = {
+        "/gzip-peer": GZipMiddleware(
+            Starlette(routes=results_api.routes, exception_handlers={Exception: handle_exception})
+        )
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[dict[str, Any]]:
@@ -127,10 +139,16 @@ def create_bench_app() -> ASGIApp:
                 "/redis-only": ResultCache.from_settings(no_l1, store),
                 "/miss": ResultCache(CacheManager.from_settings(no_l1), store, ttl=0.001),
                 "/no-cache": ResultCache(CacheManager(MemoryBackend(0)), store),
+                "/inline": ResultCache.from_settings(
+                    dataclasses.replace(settings, encoded_max_bytes=0), store
+                ),
             }
             for prefix, cache in caches.items():
                 await cache.start()
                 variants[prefix] = {**state, "results": cache}
+            # The route pre-encodes only the codings COMPRESSION_ENCODINGS offers: none here.
+            peer_settings = dataclasses.replace(settings, compression_encodings=())
+            variants["/gzip-peer"] = {**state, "settings": peer_settings}
             try:
                 yield state
             finally:
@@ -153,7 +171,7 @@ def create_bench_app() -> ASGIApp:
         variant = variants.get(head)
         if variant is not None:
             scope = {**scope, "path": path[len(head) :], "state": variant}
-        await service(scope, receive, send)
+        await targets.get(head, service)(scope, receive, send)
 
     return app
 

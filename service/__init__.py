@@ -25,6 +25,7 @@ from service.cache import (
     ResultCache,
     ResultCacheStats,
 )
+from service.cache.encoded import EncodedResults
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
 from service.db.pool import ConnectionPool, PoolStats
@@ -64,6 +65,7 @@ __all__ = [
     "ConnectionPool",
     "DatabaseError",
     "DatabaseUnavailable",
+    "EncodedResults",
     "InvalidAnalysisId",
     "InvalidCacheArgument",
     "InvalidResult",

@@ -22,6 +22,7 @@ def test_all_is_pinned() -> None:
         "ConnectionPool",
         "DatabaseError",
         "DatabaseUnavailable",
+        "EncodedResults",
         "InvalidAnalysisId",
         "InvalidCacheArgument",
         "InvalidResult",

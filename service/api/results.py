@@ -16,6 +16,9 @@ from service.api.conditions import (
 )
 from service.api.responses import JSONResponse, Problem
 from service.cache.results import ResultCache
+from service.config import Settings
+from service.core.compression import CompressionStats, encoded_etag
+from service.core.negotiation import IDENTITY, negotiate
 from service.db.results import (
     MAX_PAGE_SIZE,
     ResultMeta,
@@ -70,10 +73,34 @@ async def _read(request: Request, analysis_id: str) -> Response:
         and not_modified_since(request.headers.get("if-modified-since"), stored.meta)
     ):
         return Response(status_code=304, headers=headers)
+    body = stored.body
+    coding = _precompressible(request, len(body))
+    if coding is not None:
+        encoded = _results(request).encoded(stored, coding)
+        if encoded is not None:
+            # Bytes made once for this version: the compression layer passes them through.
+            headers["ETag"] = encoded_etag(headers["ETag"], coding)
+            headers["Content-Encoding"] = coding
+            headers["Vary"] = "Accept-Encoding"
+            stats: CompressionStats = request.state.compression
+            stats.record(coding, len(body), len(encoded))
+            stats.count_response(coding)
+            body = encoded
     if request.method == "HEAD":
-        headers["Content-Length"] = str(len(stored.body))
+        headers["Content-Length"] = str(len(body))
         return Response(b"", headers=headers, media_type="application/json")
-    return Response(stored.body, headers=headers, media_type="application/json")
+    return Response(body, headers=headers, media_type="application/json")
+
+
+def _precompressible(request: Request, size: int) -> str | None:
+    """The coding this read would be compressed with, or None for identity."""
+    settings: Settings = request.state.settings
+    if size < settings.compression_min_size:
+        return None
+    if "no-transform" in request.headers.get("cache-control", "").lower():
+        return None
+    coding = negotiate(request.headers.get("accept-encoding"), settings.compression_encodings)
+    return None if coding is None or coding == IDENTITY else coding
 
 
 async def _write(request: Request, analysis_id: str) -> Response:

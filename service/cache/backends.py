@@ -94,6 +94,10 @@ class MemoryBackend:
         return len(self._entries)
 
     async def get(self, key: str) -> bytes | None:
+        return self.peek(key)
+
+    def peek(self, key: str) -> bytes | None:
+        """``get`` without a coroutine, for the hot path."""
         entry = self._entries.get(key)
         if entry is None:
             return None

@@ -19,6 +19,9 @@ What is promised, and how:
 * **Other replicas drop their L1 entry** when the write's pub/sub notice arrives (one
   round trip with the compare-and-set). Until then they may serve the previous version;
   if notices cannot arrive, for at most L1_TTL.
+* **Encoded bytes ready for hot reads.** With :class:`EncodedResults`, each version's
+  body in each coding clients ask for is compressed once, in the background, and
+  :meth:`ResultCache.encoded` hands it out afterwards (:mod:`service.cache.encoded`).
 * **Fail-open.** With Redis unreachable, reads go to the store. A write whose version
   could not reach Redis leaves the id *unsynced*: this process reads it from the store
   (never from Redis, which may hold the old version) and repairs Redis in the
@@ -38,6 +41,7 @@ from typing import Any, Literal, Self
 
 from service.cache import entry
 from service.cache.backends import MemoryBackend, Notice, RedisBackend
+from service.cache.encoded import EncodedResults
 from service.cache.invalidation import ALL, InvalidationListener
 from service.cache.manager import CacheManager
 from service.config import Settings
@@ -96,6 +100,10 @@ class ResultCacheStats:
     """Ids whose latest version has yet to reach Redis."""
     listener: str
     """``connected``, ``disconnected``, or ``none`` without Redis or L1."""
+    encoded_entries: int
+    """Pre-encoded representations held (a version in one coding each)."""
+    encoded_bytes: int
+    encodings_made: int
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -122,6 +130,7 @@ class ResultCache:
         ttl: float | None = None,
         l1: MemoryBackend | None = None,
         l1_ttl: float = 5.0,
+        encoded: EncodedResults | None = None,
     ) -> None:
         self._owns_cache = cache is None
         self.cache = cache or CacheManager.from_url(None, default_ttl=3600)
@@ -129,6 +138,7 @@ class ResultCache:
         self.ttl = ttl if ttl is not None else (self.cache.default_ttl or 3600.0)
         self.l1 = l1
         self.l1_ttl = l1_ttl
+        self.encoded_results = encoded
         self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
         # Notices say who sent them, so a replica skips its own (it already acted).
         self._sender = uuid.uuid4().hex[:12]
@@ -152,7 +162,14 @@ class ResultCache:
         # No L1 without Redis (the memory backend is then the only tier) or without room.
         wanted = settings.redis_url and settings.l1_max_bytes > 0
         l1 = MemoryBackend(settings.l1_max_bytes) if wanted else None
-        results = cls(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
+        encoded = None
+        if settings.encoded_max_bytes > 0:
+            encoded = EncodedResults(
+                settings.encoded_max_bytes, minimum_size=settings.compression_min_size
+            )
+        results = cls(
+            cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl, encoded=encoded
+        )
         results._owns_cache = True
         return results
 
@@ -175,6 +192,8 @@ class ResultCache:
             self._repair.cancel()
             await asyncio.gather(self._repair, return_exceptions=True)
             self._repair = None
+        if self.encoded_results is not None:
+            await self.encoded_results.aclose()
         if self._owns_cache:
             await self.cache.aclose()
 
@@ -276,8 +295,19 @@ class ResultCache:
         await self.cache.publish(self.channel, self._notice(analysis_id))
         return removed
 
+    def encoded(self, stored: StoredResult, coding: str) -> bytes | None:
+        """``stored``'s body in ``coding`` when already made (then no compression is needed).
+
+        None without :class:`EncodedResults`, or until the background encoding that
+        this call schedules has finished.
+        """
+        if self.encoded_results is None:
+            return None
+        return self.encoded_results.get(stored, coding)
+
     def stats(self) -> ResultCacheStats:
         l1 = self.l1
+        encoded = self.encoded_results
         if self._listener is None:
             listener = "none"
         else:
@@ -293,6 +323,9 @@ class ResultCache:
             l1_evictions=l1.evictions if l1 is not None else 0,
             unsynced=len(self._unsynced),
             listener=listener,
+            encoded_entries=len(encoded) if encoded is not None else 0,
+            encoded_bytes=encoded.size_bytes if encoded is not None else 0,
+            encodings_made=encoded.made if encoded is not None else 0,
         )
 
     # Internals.
