@@ -75,7 +75,7 @@ DEFAULT_CONTENT_TYPES: Final = (
 
 _TAG_SUFFIX = re.compile(r"-(" + "|".join(CODINGS) + r')"')
 _TAG_CODINGS = {coding: re.compile(f'-{coding}"') for coding in CODINGS}
-_CODING_RESPONSES = frozenset({204, 206, 304})
+_UNTOUCHED_STATUSES = frozenset({204, 206})
 
 
 @dataclass(slots=True)
@@ -154,7 +154,7 @@ class CompressionMiddleware:
             raise ValueError("minimum_size and thread_minimum_size must not be negative")
         self.minimum_size = minimum_size
         self.thread_minimum_size = thread_minimum_size
-        self.compressible: Callable[[str | None], bool] = _content_type_matcher(content_types)
+        self.compressible: Callable[[bytes | None], bool] = _content_type_matcher(content_types)
         self.stats = stats if stats is not None else CompressionStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -201,8 +201,6 @@ class _Responder:
         "_send",
         "_start",
         "_state",
-        "_streamed_in",
-        "_streamed_out",
     )
 
     def __init__(
@@ -221,7 +219,6 @@ class _Responder:
         self._state = _WAITING
         self._start: Message | None = None
         self._encoder: StreamEncoder | None = None
-        self._streamed_in = self._streamed_out = 0
 
     def close(self) -> None:
         """Drop the compressor, whatever state the response was left in."""
@@ -243,42 +240,53 @@ class _Responder:
             await self._send(message)
 
     async def _on_start(self, message: Message) -> None:
-        headers = MutableHeaders(raw=list(message.get("headers", ())))
-        message = {**message, "headers": headers.raw}
+        # One pass over the raw headers: this runs on every response, hot reads included.
+        raw: list[tuple[bytes, bytes]] = message.get("headers") or []
+        content_type = length = None
+        leave_alone = has_vary = False
+        for name, value in raw:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"vary":
+                has_vary = True
+            elif name == b"content-encoding" or (
+                name == b"cache-control" and b"no-transform" in value.lower()
+            ):
+                leave_alone = True
         status: int = message["status"]
         mw = self._mw
-        if "content-encoding" in headers or _no_transform(headers):
-            self._state = _PASSING
-        elif status == 304:
-            _merge_vary(headers)
+        if leave_alone or status < 200 or status in _UNTOUCHED_STATUSES:
+            await self._send(message)
+            return
+        if status == 304:
+            headers = _with_vary(raw, has_vary)
             etag = headers.get("etag")
             if etag is not None and self._client_tag is not None:
                 headers["etag"] = encoded_etag(etag, self._client_tag)
             self._state = _PASSING
-        elif (
-            status < 200
-            or status in _CODING_RESPONSES
-            or not mw.compressible(headers.get("content-type"))
-        ):
+            await self._send({**message, "headers": headers.raw})
+            return
+        if not mw.compressible(content_type):
             self._state = _PASSING
+            await self._send(message)
+            return
+        headers = _with_vary(raw, has_vary)
+        message = {**message, "headers": headers.raw}
+        too_small = length is not None and length.isdigit() and int(length) < mw.minimum_size
+        if self._coding == IDENTITY or too_small:
+            self._state = _PASSING
+        elif self._head:
+            self._mark_encoded(headers)
+            del headers["content-length"]
+            self._state = _PASSING
+        elif content_type is not None and content_type.startswith(b"text/event-stream"):
+            self._begin_stream(headers)
         else:
-            _merge_vary(headers)
-            length = headers.get("content-length")
-            too_small = length is not None and length.isdigit() and int(length) < mw.minimum_size
-            if self._coding == IDENTITY or too_small:
-                self._state = _PASSING
-            elif self._head:
-                self._mark_encoded(headers)
-                del headers["content-length"]
-                self._state = _PASSING
-            elif headers.get("content-type", "").startswith("text/event-stream"):
-                self._begin_stream(headers)
-                await self._send(message)
-                return
-            else:
-                self._start = message
-                self._state = _HOLDING
-                return
+            self._start = message
+            self._state = _HOLDING
+            return
         await self._send(message)
 
     async def _first_body(self, message: Message) -> None:
@@ -351,27 +359,25 @@ class _Responder:
             headers["etag"] = encoded_etag(etag, self._coding)
 
 
-def _no_transform(headers: MutableHeaders) -> bool:
-    return any("no-transform" in value.lower() for value in headers.getlist("cache-control"))
-
-
-def _merge_vary(headers: MutableHeaders) -> None:
-    """Add Accept-Encoding to Vary once; ``Vary: *`` already covers it."""
+def _with_vary(raw: list[tuple[bytes, bytes]], has_vary: bool) -> MutableHeaders:
+    """A copy of ``raw`` whose Vary includes Accept-Encoding once (``*`` already covers it)."""
+    headers = MutableHeaders(raw=list(raw))
+    if not has_vary:
+        headers.append("vary", "Accept-Encoding")
+        return headers
     values = headers.getlist("vary")
-    if not values:
-        headers["vary"] = "Accept-Encoding"
-        return
     tokens = [token.strip() for value in values for token in value.split(",") if token.strip()]
     lowered = [token.lower() for token in tokens]
     if "*" in lowered:
-        return
+        return headers
     if "accept-encoding" not in lowered:
         tokens.append("Accept-Encoding")
     elif len(values) == 1:
-        return
+        return headers
     unique = list({token.lower(): token for token in reversed(tokens)}.values())[::-1]
     del headers["vary"]
     headers["vary"] = ", ".join(unique)
+    return headers
 
 
 def _strip_validators(scope: Scope, coding: str) -> tuple[Scope, str | None]:
@@ -397,7 +403,7 @@ def _strip_validators(scope: Scope, coding: str) -> tuple[Scope, str | None]:
     return {**scope, "headers": rewritten}, put_back
 
 
-def _content_type_matcher(patterns: Iterable[str]) -> Callable[[str | None], bool]:
+def _content_type_matcher(patterns: Iterable[str]) -> Callable[[bytes | None], bool]:
     """A memoized test of a Content-Type against ``type/sub``, ``type/*`` and ``*/*+suffix``."""
     exact: set[str] = set()
     prefixes: list[str] = []
@@ -415,10 +421,10 @@ def _content_type_matcher(patterns: Iterable[str]) -> Callable[[str | None], boo
     prefix_tuple, suffix_tuple = tuple(prefixes), tuple(suffixes)
 
     @functools.lru_cache(maxsize=256)
-    def compressible(content_type: str | None) -> bool:
+    def compressible(content_type: bytes | None) -> bool:
         if not content_type:
             return False
-        media = content_type.partition(";")[0].strip().lower()
+        media = content_type.decode("latin-1").partition(";")[0].strip().lower()
         return media in exact or media.startswith(prefix_tuple) or media.endswith(suffix_tuple)
 
     return compressible
