@@ -14,7 +14,8 @@ RUN useradd --create-home --uid 10001 app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    METRICS_HOST=0.0.0.0
 USER app
 WORKDIR /home/app
 EXPOSE 8000

@@ -273,9 +273,7 @@ def scenarios() -> dict[str, Scenario]:
             "hot_identity",
         ),
         Scenario("bare_gzip", "Starlette GZipMiddleware on the bare endpoint", "bare"),
-        Scenario(
-            "monitoring_off", "hot GET, monitoring off", "bare", built=False, note="monitoring"
-        ),
+        Scenario("monitoring_off", "hot GET, no monitoring middleware", "bare"),
         Scenario("put", "PUT (1,000 ids, random)"),
         Scenario("list", "GET /results?limit=100"),
         Scenario("saturation", "GET, cache disabled, at the saturation connection count", "get"),
@@ -340,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"/gzip-peer/results/{DOCUMENT_ID}", headers=("Accept-Encoding: gzip",)
                 ),
                 "bare_gzip": wrk.Load("/bare-gzip/doc", headers=("Accept-Encoding: gzip",)),
+                "monitoring_off": wrk.Load(f"/no-metrics/results/{DOCUMENT_ID}"),
                 "put": wrk.Load(
                     "/results/x",
                     method="PUT",
@@ -414,11 +413,12 @@ def render(
     hot_vs_bare = ratio(table, "hit_l1", "bare")
     on_vs_off = ratio(table, "hit_l1", "get")
     engine_vs_raw = ratio(table, "engine", "raw")
+    monitoring = ratio(table, "hit_l1", "monitoring_off")
     compressed = {c: ratio(table, f"hot_{c}", "hot_identity") for c in ("zstd", "br", "gzip")}
     goals = [
         Goal(
             "hot GET (full stack, metrics and compression on) ≥ 0.75 of the bare endpoint",
-            f"{show(hot_vs_bare)} (L1 hit, compression layer on; metrics not built yet)",
+            f"{show(hot_vs_bare)} (L1 hit, compression and monitoring on)",
             None if hot_vs_bare is None else hot_vs_bare >= 0.75,
             "see the hit rows",
         ),
@@ -444,7 +444,12 @@ def render(
             None if on_vs_off is None else on_vs_off >= 4,
             "L1 hit vs PostgreSQL every time",
         ),
-        Goal("monitoring overhead ≤ 5%", "n/a", None, "monitoring"),
+        Goal(
+            "monitoring overhead ≤ 5% of hot GET req/s",
+            "n/a" if monitoring is None else f"{(1 - monitoring) * 100:.1f}%",
+            None if monitoring is None else monitoring >= 0.95,
+            "L1 hit with the monitoring middleware vs without",
+        ),
         Goal(
             f"stampede: {args.stampede:,} concurrent GETs of a cold key → 1 database query",
             f"{queries:,} queries; statuses {stampede_statuses}",

@@ -14,6 +14,8 @@ A tiny path dispatcher (no framework in the way) sends
                       ResultCache of their own (same pool, same store): Redis without L1;
                       Redis entries that expire after 1 ms (every read a full miss: Redis
                       GET, PostgreSQL, compare-and-set fill); and a cache with no room;
+* ``/no-metrics/...`` to the service's results routes, cache and compression layer with
+                      no monitoring middleware: what metrics cost on the hot path;
 * ``/inline/...``     to the service with no pre-encoded bytes (ENCODED_MAX_BYTES=0), so
                       every compressed response is compressed inline;
 * ``/gzip-peer/...``  to the service's own routes and cache behind Starlette's
@@ -35,6 +37,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Engine, event
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,6 +51,7 @@ from service.cache.backends import MemoryBackend
 from service.cache.manager import CacheManager
 from service.cache.results import ResultCache
 from service.config import Settings
+from service.core.compression import CompressionMiddleware
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 
@@ -108,9 +112,21 @@ def create_bench_app() -> ASGIApp:
     ]
     variants: dict[str, dict[str, Any]] = {}
     targets: dict[str, ASGIApp] = {
+        "/no-metrics": Starlette(
+            routes=results_api.routes,
+            exception_handlers={Exception: handle_exception},
+            middleware=[
+                Middleware(
+                    CompressionMiddleware,
+                    encodings=settings.compression_encodings,
+                    minimum_size=settings.compression_min_size,
+                    levels=settings.compression_levels,
+                )
+            ],
+        ),
         "/gzip-peer": GZipMiddleware(
             Starlette(routes=results_api.routes, exception_handlers={Exception: handle_exception})
-        )
+        ),
     }
 
     @contextlib.asynccontextmanager
@@ -149,6 +165,7 @@ def create_bench_app() -> ASGIApp:
             # The route pre-encodes only the codings COMPRESSION_ENCODINGS offers: none here.
             peer_settings = dataclasses.replace(settings, compression_encodings=())
             variants["/gzip-peer"] = {**state, "settings": peer_settings}
+            variants["/no-metrics"] = state
             try:
                 yield state
             finally:

@@ -48,6 +48,7 @@ from service.errors import (
     ResultNotFound,
     ServiceError,
 )
+from service.monitoring.performance import PerformanceMonitor
 
 __all__ = [
     "Absent",
@@ -72,6 +73,7 @@ __all__ = [
     "MalformedJSON",
     "MemoryBackend",
     "Page",
+    "PerformanceMonitor",
     "PoolExhausted",
     "PoolStats",
     "PreconditionFailed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from service.api import admin, health, openapi, results
+from service.api import admin, health, metrics, openapi, results
 from service.api.responses import Problem, handle_exception
 from service.cache.results import ResultCache
 from service.config import Settings
@@ -20,6 +21,8 @@ from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 from service.errors import ServiceError
+from service.monitoring.exposition import MetricsListener
+from service.monitoring.performance import MonitoringMiddleware, PerformanceMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class State(TypedDict):
     store: ResultStore
     results: ResultCache
     compression: CompressionStats
+    monitor: PerformanceMonitor
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -43,6 +47,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """
     settings = settings or Settings.from_environ()
     compression = CompressionStats()
+    monitor = PerformanceMonitor()
+    monitor.watch_compression(compression)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -55,33 +61,48 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if settings.migrate_on_start:
                 await upgrade(pool)
             store = ResultStore(pool)
+            monitor.watch_pool(pool)
+            store.on_query = monitor.time_query
             cache = ResultCache.from_settings(settings, store)
+            monitor.watch_cache(cache.cache)
+            monitor.watch_results(cache)
             try:
                 logger.info("cache: %s", cache.cache.backend.name)
                 await cache.start()
-                yield {
-                    "settings": settings,
-                    "pool": pool,
-                    "store": store,
-                    "results": cache,
-                    "compression": compression,
-                }
+                async with contextlib.AsyncExitStack() as extras:
+                    if settings.metrics_port is not None:
+                        await extras.enter_async_context(
+                            MetricsListener(monitor, settings.metrics_host, settings.metrics_port)
+                        )
+                    yield {
+                        "settings": settings,
+                        "pool": pool,
+                        "store": store,
+                        "results": cache,
+                        "compression": compression,
+                        "monitor": monitor,
+                    }
             finally:
                 await cache.aclose()
         finally:
             await pool.aclose()
 
+    routes = [*results.routes, *health.routes, *admin.routes, *openapi.routes]
+    if settings.metrics_port is None:
+        routes += metrics.routes
     return Starlette(
-        routes=[*results.routes, *health.routes, *admin.routes, *openapi.routes],
+        routes=routes,
         lifespan=lifespan,
         middleware=[
+            # Outermost of ours: the time includes compression, the status is what is sent.
+            Middleware(MonitoringMiddleware, monitor=monitor, routes=routes),
             Middleware(
                 CompressionMiddleware,
                 encodings=settings.compression_encodings,
                 minimum_size=settings.compression_min_size,
                 levels=settings.compression_levels,
                 stats=compression,
-            )
+            ),
         ],
         exception_handlers={
             HTTPException: handle_exception,

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes, each with its own pool (default 1)",
+        help="worker processes: only 1; scale with one process per container",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
@@ -148,8 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 1) < 1:
-        print("service: --workers must be at least 1", file=sys.stderr)
+    if getattr(args, "workers", 1) != 1:
+        # Metrics, the L1 cache and the pool are per process: several workers behind one
+        # port would each answer /metrics for themselves, at random. Scale with processes
+        # (one per container), each scraped on its own.
+        print(
+            "service: --workers must be 1: run one process per container and scale with"
+            " replicas, so each one's /metrics is scraped on its own (see README)",
+            file=sys.stderr,
+        )
         return 2
     try:
         settings = Settings.from_environ()

@@ -75,6 +75,8 @@ class Settings:
     encoded_max_bytes: int = 32 * MiB
     max_result_bytes: int = MiB
     admin_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True
@@ -112,6 +114,8 @@ class Settings:
             raise ConfigurationError(
                 "COMPRESSION_ENCODINGS", f"a list without repeats of {', '.join(_ENCODINGS)}"
             )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError("METRICS_PORT", "must be a TCP port, 0 to 65535")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ConfigurationError("ADMIN_TOKEN", "must be at least 16 characters")
         if self.log_level not in _LOG_LEVELS:
@@ -187,6 +191,8 @@ class Settings:
             encoded_max_bytes=read("ENCODED_MAX_BYTES", _integer, 32 * MiB),
             max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
             admin_token=optional("ADMIN_TOKEN"),
+            metrics_port=read("METRICS_PORT", _integer, None),
+            metrics_host=read("METRICS_HOST", str, "127.0.0.1"),
             log_level=read("LOG_LEVEL", str.lower, "info"),
             log_format=read("LOG_FORMAT", str.lower, "text"),
             migrate_on_start=read("MIGRATE_ON_START", _boolean, True),

@@ -29,6 +29,7 @@ def test_all_is_pinned() -> None:
         "MalformedJSON",
         "MemoryBackend",
         "Page",
+        "PerformanceMonitor",
         "PoolExhausted",
         "PoolStats",
         "PreconditionFailed",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -121,6 +122,8 @@ class ConnectionPool:
         )
         self._waiting = 0
         self._timeouts = 0
+        self.on_acquire: Callable[[float], None] | None = None
+        """Called with the seconds each successful checkout waited (metrics use it)."""
         self._closed = False
 
     @classmethod
@@ -269,8 +272,11 @@ class ConnectionPool:
     def _checking_out(self) -> Iterator[None]:
         """Count the caller as waiting and translate what a checkout can raise."""
         self._waiting += 1
+        started = time.perf_counter()
         try:
             yield
+            if self.on_acquire is not None:
+                self.on_acquire(time.perf_counter() - started)
         except PoolTimeoutError:
             self._timeouts += 1
             raise PoolExhausted("every database connection stayed busy; try again") from None

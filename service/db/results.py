@@ -15,7 +15,8 @@ the stored text (``result::text`` on PostgreSQL) without parsing it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -171,6 +172,8 @@ class ResultStore:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._statements = _Statements(pool.dialect)
+        self.on_query: Callable[[str, float], None] | None = None
+        """Called with each operation's name and seconds (metrics use it)."""
 
     @property
     def pool(self) -> ConnectionPool:
@@ -185,7 +188,7 @@ class ResultStore:
     async def read(self, analysis_id: str) -> StoredResult | Absent:
         """The live result, or :class:`Absent` with the version of its tombstone (one query)."""
         validate_analysis_id(analysis_id)
-        row = await self._first(self._statements.get, {"id": analysis_id})
+        row = await self._first("read", self._statements.get, {"id": analysis_id})
         if row is None:
             return Absent(analysis_id, 0)
         body, version, created_at, updated_at = row
@@ -213,11 +216,11 @@ class ResultStore:
         if if_match is not None and if_none_match:
             raise PreconditionFailed("If-Match and If-None-Match: * cannot both hold")
         if if_match == "*":
-            row = await self._first(s.replace_live, params)
+            row = await self._first("put", s.replace_live, params)
         elif if_match is not None:
-            row = await self._first(s.replace_version, {**params, "expected": if_match})
+            row = await self._first("put", s.replace_version, {**params, "expected": if_match})
         else:
-            row = await self._first(s.create_only if if_none_match else s.upsert, params)
+            row = await self._first("put", s.create_only if if_none_match else s.upsert, params)
         if row is None:
             raise PreconditionFailed(_precondition_detail(analysis_id, if_match, if_none_match))
         version, created_at, updated_at, text = row
@@ -234,9 +237,9 @@ class ResultStore:
         params: dict[str, Any] = {"id": analysis_id, "ts": datetime.now(UTC)}
         s = self._statements
         if if_match is None or if_match == "*":
-            row = await self._first(s.delete, params)
+            row = await self._first("delete", s.delete, params)
         else:
-            row = await self._first(s.delete_version, {**params, "expected": if_match})
+            row = await self._first("delete", s.delete_version, {**params, "expected": if_match})
         if row is None:
             if if_match is not None:
                 raise PreconditionFailed(_precondition_detail(analysis_id, if_match, False))
@@ -253,13 +256,20 @@ class ResultStore:
         statement = (
             self._statements.list_after if after is not None else self._statements.list_first
         )
+        started = time.perf_counter()
         rows = await self._pool.run(lambda conn: conn.execute(statement, params).all())
+        if self.on_query is not None:
+            self.on_query("list", time.perf_counter() - started)
         items = [_meta(*row) for row in rows[:limit]]
         return Page(items, items[-1].analysis_id if len(rows) > limit else None)
 
-    async def _first(self, statement: Executable, params: dict[str, Any]) -> Any:
+    async def _first(self, operation: str, statement: Executable, params: dict[str, Any]) -> Any:
+        started = time.perf_counter()
         try:
-            return await self._pool.run(lambda conn: conn.execute(statement, params).first())
+            row = await self._pool.run(lambda conn: conn.execute(statement, params).first())
+            if self.on_query is not None:
+                self.on_query(operation, time.perf_counter() - started)
+            return row
         except DBAPIError as exc:
             state = sqlstate(exc)
             if state is not None and state.startswith("22"):  # data exception

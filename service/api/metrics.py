@@ -1,0 +1,23 @@
+"""``GET /metrics``: the PerformanceMonitor in Prometheus text format.
+
+Served on the API port unless METRICS_PORT moves it to a port of its own
+(:mod:`service.monitoring.exposition`). Compressed like any other response when the
+scraper asks (Prometheus sends ``Accept-Encoding: gzip``).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.monitoring.performance import PerformanceMonitor
+
+
+async def metrics(request: Request) -> Response:
+    monitor: PerformanceMonitor = request.state.monitor
+    body, headers = monitor.render(request.headers.getlist("accept"))
+    return Response(body, headers=headers)
+
+
+routes = [Route("/metrics", metrics, methods=["GET"])]

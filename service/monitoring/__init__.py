@@ -1,0 +1,1 @@
+"""Metrics: PerformanceMonitor (aioprometheus) and its timing middleware."""
