@@ -29,6 +29,7 @@ def test_no_settings_at_all_means_embedded_sqlite_and_no_redis(
     assert settings.compression_encodings == ("zstd", "br", "gzip")
     assert settings.compression_levels == {"zstd": 3, "br": 4, "gzip": 6}
     assert settings.encoded_max_bytes == 32 * 1024 * 1024
+    assert (settings.metrics_port, settings.metrics_host) == (None, "127.0.0.1")
 
 
 def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,6 +113,8 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("COMPRESSION_GZIP_LEVEL", "0"),
         ("COMPRESSION_GZIP_LEVEL", "fast"),
         ("ENCODED_MAX_BYTES", "-1"),
+        ("METRICS_PORT", "70000"),
+        ("METRICS_PORT", "metrics"),
         ("CACHE_PREFIX", "a:b"),
         ("ADMIN_TOKEN", "short"),
         ("LOG_LEVEL", "loud"),

@@ -127,6 +127,17 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": {"description": "ready"}, **_problems(503)},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, text format (here unless METRICS_PORT is set)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/admin/cache/stats": {
             "get": {
                 "summary": "Cache counters of this process and the shared backend's own report",

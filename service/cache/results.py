@@ -92,6 +92,8 @@ class ResultCacheStats:
     """Reads that went to the database (one per flight)."""
     joined: int
     """Reads that waited on another caller's flight instead of starting one."""
+    joined_hits: int
+    """Of those, the ones whose flight found the result in the shared tier."""
     l1_entries: int
     l1_bytes: int
     l1_max_bytes: int
@@ -153,7 +155,7 @@ class ResultCache:
             self._listener = InvalidationListener(
                 backend, self.channel, self._on_notice, self._drop_everything_local
             )
-        self._l1_hits = self._shared_hits = self._loads = self._joined = 0
+        self._l1_hits = self._shared_hits = self._loads = self._joined = self._joined_hits = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, store: ResultStore | None = None) -> ResultCache:
@@ -251,10 +253,12 @@ class ResultCache:
             flight = asyncio.ensure_future(self._load(analysis_id))
             self._flights[analysis_id] = flight
             flight.add_done_callback(lambda done: self._land(analysis_id, done))
-        else:
-            self._joined += 1
-        # Shielded: a caller that gives up must not cancel the flight others wait on.
-        return await asyncio.shield(flight)
+            # Shielded: a caller that gives up must not cancel the flight others wait on.
+            return await asyncio.shield(flight)
+        self._joined += 1
+        read = await asyncio.shield(flight)
+        self._joined_hits += read.hit
+        return read
 
     async def put(
         self,
@@ -317,6 +321,7 @@ class ResultCache:
             shared_hits=self._shared_hits,
             loads=self._loads,
             joined=self._joined,
+            joined_hits=self._joined_hits,
             l1_entries=len(l1) if l1 is not None else 0,
             l1_bytes=l1.size_bytes if l1 is not None else 0,
             l1_max_bytes=l1.max_bytes if l1 is not None else 0,
