@@ -64,11 +64,9 @@ class PerformanceMonitor:
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
         r = self.registry
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "request_duration_seconds",
             "Time from request to the end of the response, by method and route template.",
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
         self.responses = Counter(
             "responses_total", "Responses by method, route template and status class.", registry=r
@@ -96,17 +94,11 @@ class PerformanceMonitor:
         self.pool_timeouts = Counter(
             "db_pool_timeouts_total", "Callers that gave up waiting for a connection.", registry=r
         )
-        self.pool_acquire = Histogram(
-            "db_pool_acquire_seconds",
-            "Time to get a connection from the pool.",
-            registry=r,
-            buckets=LATENCY_BUCKETS,
+        self.pool_acquire = self._histogram(
+            "db_pool_acquire_seconds", "Time to get a connection from the pool."
         )
-        self.query_duration = Histogram(
-            "db_query_duration_seconds",
-            "Database operations of the results store, by operation.",
-            registry=r,
-            buckets=LATENCY_BUCKETS,
+        self.query_duration = self._histogram(
+            "db_query_duration_seconds", "Database operations of the results store, by operation."
         )
         self.compression_in = Counter(
             "compression_bytes_in_total", "Bytes before compression, by coding.", registry=r
@@ -122,6 +114,10 @@ class PerformanceMonitor:
         self._readers: dict[str, Callable[[], None]] = {}
         self._cache_readers: dict[str, Callable[[], dict[tuple[str, bool], int]]] = {}
         self.requests_in_progress = 0
+
+    def _histogram(self, name: str, doc: str) -> Histogram:
+        """Every histogram here shares LATENCY_BUCKETS: :class:`_Series` relies on it."""
+        return Histogram(name, doc, registry=self.registry, buckets=LATENCY_BUCKETS)
 
     # The specification's interface.
 
