@@ -21,12 +21,12 @@ scrape-time readers record by themselves.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import re
 import sys
-import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
@@ -108,7 +108,7 @@ class PerformanceMonitor:
         )
         self.build_info = Gauge("build_info", "Version and runtime of this process.", registry=r)
         self._series: dict[tuple[str, ...], _Series] = {}
-        self._responses: dict[tuple[str, str, str], int] = {}
+        self._requests: dict[tuple[str, str], _RequestSlot] = {}
         self._tracked_cache: dict[tuple[str, bool], int] = {}
         # By what they read: watching a second pool (say after a restart) replaces the first.
         self._readers: dict[str, Callable[[], None]] = {}
@@ -143,12 +143,26 @@ class PerformanceMonitor:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(histogram, labels)
-        series.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        series.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
         series.total += value
 
     def count_response(self, method: str, endpoint: str, status: int) -> None:
-        key = (method, endpoint, f"{status // 100}xx")
-        self._responses[key] = self._responses.get(key, 0) + 1
+        """Count one response of ``status`` (the middleware does this itself)."""
+        self.request_slot(method, endpoint).statuses[min(status // 100, 5)] += 1
+
+    def request_slot(self, method: str, endpoint: str) -> _RequestSlot:
+        """The counters of one ``(method, endpoint)``, made on first use."""
+        key = (method, endpoint)
+        slot = self._requests.get(key)
+        if slot is None:
+            labels = {"method": method, "endpoint": endpoint}
+            series = self._series.get((self.request_duration.name, method, endpoint))
+            if series is None:
+                series = self._series[(self.request_duration.name, method, endpoint)] = _Series(
+                    self.request_duration, labels
+                )
+            slot = self._requests[key] = _RequestSlot(series)
+        return slot
 
     # What other parts already count, read at scrape time.
 
@@ -232,9 +246,11 @@ class PerformanceMonitor:
                 counts[key] = counts.get(key, 0) + value
         for (cache_type, hit), value in counts.items():
             (self.cache_hits if hit else self.cache_misses).set({"cache_type": cache_type}, value)
-        for (method, endpoint, status_class), value in self._responses.items():
-            labels = {"method": method, "endpoint": endpoint, "status_class": status_class}
-            self.responses.set(labels, value)
+        for (method, endpoint), slot in list(self._requests.items()):
+            for status_class, value in enumerate(slot.statuses):
+                if value:
+                    labels = {"method": method, "endpoint": endpoint}
+                    self.responses.set({**labels, "status_class": f"{status_class}xx"}, value)
         self.in_progress.set({}, self.requests_in_progress)
         self.build_info.set(_build_labels(), 1)
 
@@ -261,6 +277,17 @@ class _Series:
         self.target.sum = self.total
 
 
+class _RequestSlot:
+    """What the middleware updates per request: one histogram series and the
+    responses by status class (index 1 to 5; 0 holds nothing a server sends)."""
+
+    __slots__ = ("series", "statuses")
+
+    def __init__(self, series: _Series) -> None:
+        self.series = series
+        self.statuses = [0] * 6
+
+
 class MonitoringMiddleware:
     """Pure ASGI: times each HTTP request to the end of its response and counts it."""
 
@@ -270,13 +297,15 @@ class MonitoringMiddleware:
         self.app = app
         self.monitor = monitor
         self.routes = tuple(routes) or tuple(getattr(app, "routes", ()))
-        self._endpoint = functools.lru_cache(maxsize=4096)(self._match)
+        self._slot = functools.lru_cache(maxsize=4096)(self._find_slot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        monitor = self.monitor
+        # Everything that depends only on the request line is looked up once per distinct
+        # (method, path): what is left per request is two clock reads and three additions.
+        slot = self._slot(scope["method"], scope["path"], scope.get("root_path", ""))
         status = 500  # what the client gets if the app fails before answering
 
         async def send_status(message: Message) -> None:
@@ -285,19 +314,22 @@ class MonitoringMiddleware:
                 status = message["status"]
             await send(message)
 
-        started = time.perf_counter()
+        monitor = self.monitor
         monitor.requests_in_progress += 1
+        started = perf_counter()
         try:
             await self.app(scope, receive, send_status)
         finally:
-            duration = time.perf_counter() - started
+            duration = perf_counter() - started
             monitor.requests_in_progress -= 1
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            endpoint = self._endpoint(scope["path"], scope.get("root_path", ""))
-            monitor.observe(
-                monitor.request_duration, {"method": method, "endpoint": endpoint}, duration
-            )
-            monitor.count_response(method, endpoint, status)
+            series = slot.series
+            series.counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
+            series.total += duration
+            slot.statuses[min(status // 100, 5)] += 1
+
+    def _find_slot(self, method: str, path: str, root_path: str) -> _RequestSlot:
+        method = method if method in _METHODS else "other"
+        return self.monitor.request_slot(method, self._match(path, root_path))
 
     def _match(self, path: str, root_path: str) -> str:
         scope: dict[str, Any] = {"type": "http", "path": path, "root_path": root_path}
