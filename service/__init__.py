@@ -28,7 +28,10 @@ from service.cache import (
 from service.cache.encoded import EncodedResults
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
+from service.db.diagnostics import Thresholds
+from service.db.optimization import MaintenanceRun, QueryOptimizer
 from service.db.pool import ConnectionPool, PoolStats
+from service.db.report import Report
 from service.db.results import Absent, Page, ResultMeta, ResultStore, StoredResult, WriteOutcome
 from service.errors import (
     CacheError,
@@ -40,13 +43,17 @@ from service.errors import (
     DatabaseUnavailable,
     InvalidAnalysisId,
     InvalidCacheArgument,
+    InvalidOperation,
     InvalidResult,
+    MaintenanceRunning,
     MalformedJSON,
+    OptimizerError,
     PoolExhausted,
     PreconditionFailed,
     ResultError,
     ResultNotFound,
     ServiceError,
+    UnknownTable,
 )
 from service.monitoring.performance import PerformanceMonitor
 
@@ -69,15 +76,21 @@ __all__ = [
     "EncodedResults",
     "InvalidAnalysisId",
     "InvalidCacheArgument",
+    "InvalidOperation",
     "InvalidResult",
+    "MaintenanceRun",
+    "MaintenanceRunning",
     "MalformedJSON",
     "MemoryBackend",
+    "OptimizerError",
     "Page",
     "PerformanceMonitor",
     "PoolExhausted",
     "PoolStats",
     "PreconditionFailed",
+    "QueryOptimizer",
     "RedisBackend",
+    "Report",
     "ResultCache",
     "ResultCacheStats",
     "ResultError",
@@ -87,6 +100,8 @@ __all__ = [
     "ServiceError",
     "Settings",
     "StoredResult",
+    "Thresholds",
+    "UnknownTable",
     "WriteOutcome",
     "__version__",
     "create_app",

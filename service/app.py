@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,6 +19,7 @@ from service.cache.results import ResultCache
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
 from service.db.migrations import upgrade
+from service.db.optimization import QueryOptimizer, maintain_periodically
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 from service.errors import ServiceError
@@ -36,6 +38,7 @@ class State(TypedDict):
     results: ResultCache
     compression: CompressionStats
     monitor: PerformanceMonitor
+    optimizer: QueryOptimizer
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -70,6 +73,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 logger.info("cache: %s", cache.cache.backend.name)
                 await cache.start()
                 async with contextlib.AsyncExitStack() as extras:
+                    optimizer = QueryOptimizer.from_settings(settings, pool)
+                    if settings.db_maintenance_interval > 0:
+                        await extras.enter_async_context(
+                            _background(
+                                maintain_periodically(
+                                    optimizer,
+                                    settings.db_maintenance_operation,
+                                    settings.db_maintenance_interval,
+                                )
+                            )
+                        )
                     if settings.metrics_port is not None:
                         await extras.enter_async_context(
                             MetricsListener(monitor, settings.metrics_host, settings.metrics_port)
@@ -81,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         "results": cache,
                         "compression": compression,
                         "monitor": monitor,
+                        "optimizer": optimizer,
                     }
             finally:
                 await cache.aclose()
@@ -111,3 +126,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: handle_exception,
         },
     )
+
+
+@asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the life of the block; cancel and await it on the way out."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,4 +1,5 @@
-"""The ``service`` command: ``serve``, ``migrate`` and ``cache stats``.
+"""The ``service`` command: ``serve``, ``migrate``, ``cache stats``, ``db report`` and
+``db maintain``.
 
 Exit status: 0 success, 1 the work failed (database unreachable, ...), 2 bad usage or a
 bad setting (the message names the variable; no traceback). ``serve`` stopped by SIGTERM
@@ -108,6 +109,46 @@ def _cache_stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the optimizer's report: a readable table, or JSON with ``--json``."""
+    import orjson
+
+    from service.db.optimization import QueryOptimizer
+    from service.db.pool import ConnectionPool
+    from service.db.report import Report
+
+    async def run() -> Report:
+        async with ConnectionPool.from_settings(settings) as pool:
+            return await QueryOptimizer.from_settings(settings, pool).report()
+
+    report = asyncio.run(run())
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(report.as_text())
+    return 0
+
+
+def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ANALYZE or VACUUM (ANALYZE) table by table; print what ran, with timings."""
+    from service.db.optimization import MaintenanceRun, QueryOptimizer
+    from service.db.pool import ConnectionPool
+
+    operation = "vacuum" if args.vacuum else "analyze"
+
+    async def run() -> MaintenanceRun:
+        async with ConnectionPool.from_settings(settings) as pool:
+            optimizer = QueryOptimizer.from_settings(settings, pool)
+            return await optimizer.maintain(operation, args.table or None)
+
+    result = asyncio.run(run())
+    for table in result.tables:
+        detail = f" ({table.detail})" if table.detail else ""
+        print(f"{table.outcome:<9} {table.seconds:8.3f} s  {table.statement}{detail}")
+    print(f"{operation}: {len(result.tables)} statements in {result.seconds:.3f} s")
+    return 0 if all(t.outcome == "done" for t in result.tables) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="service",
@@ -142,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     stats = cache_commands.add_parser("stats", help="print what Redis reports, as JSON")
     stats.set_defaults(run=_cache_stats)
+
+    db = commands.add_parser("db", help="diagnose and maintain the database")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    report = db_commands.add_parser(
+        "report", help="unused, duplicate and invalid indexes, vacuum state, slow queries, ..."
+    )
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.set_defaults(run=_db_report)
+    maintain = db_commands.add_parser(
+        "maintain", help="ANALYZE or VACUUM (ANALYZE), one table at a time"
+    )
+    which = maintain.add_mutually_exclusive_group(required=True)
+    which.add_argument("--analyze", action="store_true", help="refresh planner statistics")
+    which.add_argument("--vacuum", action="store_true", help="VACUUM (ANALYZE): reclaim dead rows")
+    maintain.add_argument(
+        "--table",
+        action="append",
+        metavar="T",
+        help="a table to maintain (repeat for several; default: every table)",
+    )
+    maintain.set_defaults(run=_db_maintain)
     return parser
 
 

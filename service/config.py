@@ -67,6 +67,10 @@ class Settings:
     db_pool_pre_ping: bool = True
     db_connect_timeout: float = 5.0
     db_statement_timeout: float = 30.0
+    db_lock_timeout: float = 5.0
+    db_maintenance_timeout: float = 3600.0
+    db_maintenance_interval: float = 0.0
+    db_maintenance_operation: str = "analyze"
     compression_min_size: int = 500
     compression_encodings: tuple[str, ...] = _ENCODINGS
     compression_zstd_level: int = DEFAULT_LEVELS[ZSTD]
@@ -99,6 +103,11 @@ class Settings:
         _at_least("DB_POOL_RECYCLE", self.db_pool_recycle, -1)
         _at_least("DB_CONNECT_TIMEOUT", self.db_connect_timeout, 0.001)
         _at_least("DB_STATEMENT_TIMEOUT", self.db_statement_timeout, 0)
+        _at_least("DB_LOCK_TIMEOUT", self.db_lock_timeout, 0.001)
+        _at_least("DB_MAINTENANCE_TIMEOUT", self.db_maintenance_timeout, 0.001)
+        _at_least("DB_MAINTENANCE_INTERVAL", self.db_maintenance_interval, 0)
+        if self.db_maintenance_operation not in ("analyze", "vacuum"):
+            raise ConfigurationError("DB_MAINTENANCE_OPERATION", "must be analyze or vacuum")
         _at_least("COMPRESSION_MIN_SIZE", self.compression_min_size, 0)
         for coding, level in self.compression_levels.items():
             try:
@@ -183,6 +192,10 @@ class Settings:
             db_pool_pre_ping=read("DB_POOL_PRE_PING", _boolean, True),
             db_connect_timeout=read("DB_CONNECT_TIMEOUT", _number, 5.0),
             db_statement_timeout=read("DB_STATEMENT_TIMEOUT", _number, 30.0),
+            db_lock_timeout=read("DB_LOCK_TIMEOUT", _number, 5.0),
+            db_maintenance_timeout=read("DB_MAINTENANCE_TIMEOUT", _number, 3600.0),
+            db_maintenance_interval=read("DB_MAINTENANCE_INTERVAL", _number, 0.0),
+            db_maintenance_operation=read("DB_MAINTENANCE_OPERATION", str.lower, "analyze"),
             compression_min_size=read("COMPRESSION_MIN_SIZE", _integer, 500),
             compression_encodings=read("COMPRESSION_ENCODINGS", _word_list, _ENCODINGS),
             compression_zstd_level=read("COMPRESSION_ZSTD_LEVEL", _integer, DEFAULT_LEVELS[ZSTD]),

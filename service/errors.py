@@ -13,6 +13,10 @@ the boundary, so a caller catches these and nothing else::
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the database cannot be reached; retry later
     │   └── PoolExhausted         every pooled connection stayed busy for DB_POOL_TIMEOUT
+    ├── OptimizerError            maintenance could not run as asked
+    │   ├── MaintenanceRunning    another caller or replica is maintaining right now
+    │   ├── UnknownTable          not one of the database's tables (also a ValueError)
+    │   └── InvalidOperation      not analyze or vacuum (also a ValueError)
     └── ResultError
         ├── InvalidAnalysisId     not 1-128 characters of A-Z a-z 0-9 . _ -
         ├── InvalidResult         not a JSON object, or a value the database refuses
@@ -91,6 +95,22 @@ class PoolExhausted(DatabaseError):
     """No pooled connection became free within ``DB_POOL_TIMEOUT`` seconds."""
 
     retry_after = 1
+
+
+class OptimizerError(ServiceError):
+    """Maintenance could not run as asked."""
+
+
+class MaintenanceRunning(OptimizerError):
+    """Another caller (this process or another replica) is maintaining right now."""
+
+
+class UnknownTable(OptimizerError, ValueError):
+    """A table name that is not one of the database's own tables."""
+
+
+class InvalidOperation(OptimizerError, ValueError):
+    """An operation other than ``analyze`` or ``vacuum``."""
 
 
 class ResultError(ServiceError):

@@ -21,6 +21,7 @@ from service.api.body import read_limited, require_json
 from service.api.responses import JSONResponse, Problem
 from service.cache.results import NAMESPACE, ResultCache
 from service.config import Settings
+from service.db.optimization import OPERATIONS, QueryOptimizer
 from service.errors import CacheUnavailable
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -104,6 +105,49 @@ async def cache_invalidate(request: Request) -> Response:
     return JSONResponse({"invalidated": removed, **order})
 
 
+@admin
+async def db_report(request: Request) -> Response:
+    """The optimizer's report of the database, as JSON."""
+    optimizer: QueryOptimizer = request.state.optimizer
+    report = await optimizer.report()
+    return JSONResponse(report.as_dict())
+
+
+@admin
+async def db_maintenance(request: Request) -> Response:
+    """Run ``{"operation": "analyze" | "vacuum", "tables": [...]}``; answer what ran.
+
+    Without ``tables``, every table of the database. 409 while another caller (here or
+    on another replica) is maintaining; 422 for an unknown operation or table, before
+    anything runs.
+    """
+    optimizer: QueryOptimizer = request.state.optimizer
+    require_json(request)
+    raw = await read_limited(request, MAX_ADMIN_BODY, "the admin body limit")
+    try:
+        order = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"malformed JSON: {exc}", slug="malformed-json") from None
+    if not isinstance(order, dict) or not order.keys() <= {"operation", "tables"}:
+        raise Problem(
+            422,
+            'send {"operation": "analyze" | "vacuum", "tables": ["name", ...]} (tables optional)',
+            slug="invalid-request",
+        )
+    operation = order.get("operation")
+    tables = order.get("tables")
+    if operation not in OPERATIONS:
+        raise Problem(
+            422, f"operation must be one of {', '.join(OPERATIONS)}", slug="invalid-request"
+        )
+    if tables is not None and (
+        not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables)
+    ):
+        raise Problem(422, "tables must be a list of table names", slug="invalid-request")
+    run = await optimizer.maintain(operation, tables)  # 409 / 422 via problem_for
+    return JSONResponse(run.as_dict())
+
+
 def _text(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise Problem(422, f"{name} must be a string", slug="invalid-request")
@@ -113,4 +157,6 @@ def _text(value: object, name: str) -> str:
 routes = [
     Route("/admin/cache/stats", cache_stats, methods=["GET"]),
     Route("/admin/cache/invalidate", cache_invalidate, methods=["POST"]),
+    Route("/admin/db/report", db_report, methods=["GET"]),
+    Route("/admin/db/maintenance", db_maintenance, methods=["POST"]),
 ]

@@ -176,6 +176,44 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/admin/db/report": {
+            "get": {
+                "summary": "The query optimizer's report: index, vacuum, wraparound, cache,"
+                " connection, lock, sequence and slow-query checks, each with the DDL to run",
+                "security": [{"admin": []}],
+                "responses": {
+                    "200": {"description": "the report"},
+                    **_problems(401, 403, 404, 503),
+                },
+            }
+        },
+        "/admin/db/maintenance": {
+            "post": {
+                "summary": "ANALYZE or VACUUM (ANALYZE), one table at a time, one caller at a time",
+                "security": [{"admin": []}],
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["operation"],
+                            "properties": {
+                                "operation": {"enum": ["analyze", "vacuum"]},
+                                "tables": {
+                                    "type": "array",
+                                    "items": {"type": "string", "minLength": 1},
+                                },
+                            },
+                            "additionalProperties": False,
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {"description": "what ran, table by table, with timings"},
+                    **_problems(400, 401, 403, 404, 409, 415, 422, 503),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",

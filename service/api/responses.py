@@ -77,6 +77,7 @@ TITLES = {
     "invalid-parameter": "Invalid query parameter",
     "invalid-request": "Invalid request",
     "invalid-result": "Invalid result document",
+    "maintenance-running": "Maintenance already running",
     "malformed-json": "Malformed JSON",
     "not-ready": "Not ready",
     "payload-too-large": "Result too large",
@@ -112,6 +113,10 @@ def problem_for(exc: Exception) -> Problem:
         case errors.InvalidResult():
             return Problem(422, str(exc), slug="invalid-result")
         case errors.InvalidCacheArgument():
+            return Problem(422, str(exc), slug="invalid-request")
+        case errors.MaintenanceRunning():
+            return Problem(409, str(exc), slug="maintenance-running")
+        case errors.UnknownTable() | errors.InvalidOperation():
             return Problem(422, str(exc), slug="invalid-request")
         case errors.ResultNotFound():
             return Problem(404, str(exc), slug="result-not-found")

@@ -1,0 +1,705 @@
+"""The checks of :meth:`QueryOptimizer.report` on PostgreSQL, one function each.
+
+Rules and default thresholds follow PgHero (ankane/pghero), which operators already
+trust, except where noted; each :class:`~service.db.report.Check` names its source.
+Every identifier that reaches a recommended statement is quoted by the server
+(``quote_ident`` / ``format('%I')``) in the query that reads it, never pasted here.
+All checks read the statistics views and catalogs only: they take no locks a busy
+database would notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.report import Check, Finding, pretty_bytes
+
+TX_WRAPAROUND_LIMIT = 2_146_483_648
+"""Transaction-ID age at which PostgreSQL stops accepting writes (PgHero's figure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When a check speaks up. Defaults are PgHero's unless the field says otherwise."""
+
+    unused_index_max_scans: int = 50
+    missing_index_min_rows: int = 10_000
+    missing_index_max_share: float = 95.0
+    """Percent of scans that used an index, below which a big table is a candidate."""
+    missing_index_min_seq_scans: int = 50
+    """Ours: PgHero skips tables with no index scans at all; we judge them once they have
+    seen this many sequential scans, since a table with no index is the clearest case."""
+    cache_hit_ratio: float = 0.99
+    cache_min_blocks: int = 10_000
+    """Ours: below this many block accesses a ratio says nothing (a fresh database)."""
+    total_connections: int = 500
+    long_running_seconds: float = 60.0
+    sequence_share: float = 0.9
+    tx_ids_left: int = 10_000_000
+    autovacuum_ids_left: int = 2_000_000
+    slow_query_ms: float = 20.0
+    slow_query_calls: int = 100
+
+
+Rows = list[dict[str, Any]]
+CheckFn = Callable[[AsyncConnection, Thresholds], Awaitable[Check]]
+
+
+async def rows(conn: AsyncConnection, sql: str, **params: Any) -> Rows:
+    """The result of ``sql`` as a list of dicts."""
+    result = await conn.execute(text(sql), params)
+    return [dict(row) for row in result.mappings()]
+
+
+async def unused_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', s.schemaname, s.indexrelname) AS index,
+               format('%I.%I', s.schemaname, s.relname) AS "table",
+               s.idx_scan AS scans, pg_relation_size(s.indexrelid) AS size
+        FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid
+        WHERE NOT i.indisunique AND i.indisvalid AND s.idx_scan <= :max_scans
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = s.indexrelid)
+        ORDER BY size DESC, 1
+        """,
+        max_scans=limits.unused_index_max_scans,
+    )
+    findings = tuple(
+        Finding(
+            subject=row["index"],
+            detail=(
+                f"{row['scans']} scans since statistics were reset;"
+                f" {pretty_bytes(row['size'])} on {row['table']}"
+            ),
+            recommendation=(
+                "drop it if no rare job (a report, a replica's reads) needs it;"
+                " replicas keep their own statistics"
+            ),
+            ddl=f"DROP INDEX CONCURRENTLY {row['index']};",
+            saves=f"{pretty_bytes(row['size'])} of disk and cache, and a write on every change",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(
+        "unused_indexes",
+        "Unused indexes",
+        f"PgHero unused_indexes: not unique, at most {limits.unused_index_max_scans} scans",
+        findings=findings,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    name: str
+    table: str
+    method: str
+    keys: tuple[str, ...]
+    """Each key column's definition with its operator class, collation and order."""
+    included: int
+    predicate: str | None
+    unique: bool
+    primary: bool
+    size: int
+
+
+async def _indexes(conn: AsyncConnection) -> list[_Index]:
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', n.nspname, ic.relname) AS name,
+               format('%I.%I', n.nspname, tc.relname) AS "table",
+               am.amname AS method,
+               ARRAY(
+                   SELECT pg_get_indexdef(i.indexrelid, k, true)
+                          || ' ' || COALESCE(i.indclass[k - 1]::text, '')
+                          || ' ' || COALESCE(i.indcollation[k - 1]::text, '')
+                          || ' ' || COALESCE(i.indoption[k - 1]::text, '')
+                   FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k
+               ) AS keys,
+               i.indnatts - i.indnkeyatts AS included,
+               pg_get_expr(i.indpred, i.indrelid) AS predicate,
+               i.indisunique AS unique, i.indisprimary AS primary,
+               pg_relation_size(i.indexrelid) AS size
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_class tc ON tc.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = tc.relnamespace
+        JOIN pg_am am ON am.oid = ic.relam
+        WHERE i.indisvalid AND i.indislive
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%'
+        ORDER BY 1
+        """,
+    )
+    return [_Index(**{**row, "keys": tuple(row["keys"])}) for row in found]
+
+
+async def duplicate_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """An index is unneeded when another valid index on the same table, with the same
+    method and predicate, starts with the same key columns (same expressions, operator
+    classes, collations and order). Unique and primary-key indexes are never the
+    unneeded one: they enforce a rule, not only speed a read."""
+    indexes = await _indexes(conn)
+    findings = []
+    for index in indexes:
+        if index.unique or index.primary or index.included:
+            continue
+        for other in indexes:
+            if (
+                other.name == index.name
+                or other.table != index.table
+                or other.method != index.method
+                or other.predicate != index.predicate
+            ):
+                continue
+            same = other.keys == index.keys
+            prefix = index.method == "btree" and other.keys[: len(index.keys)] == index.keys
+            # Of two identical indexes, keep a unique one, else the one whose name sorts first.
+            if same and not other.unique and other.name > index.name:
+                continue
+            if same or prefix:
+                findings.append(
+                    Finding(
+                        subject=index.name,
+                        detail=f"{other.name} covers it (same method and predicate,"
+                        f" its key columns start with this index's) on {index.table}",
+                        recommendation=f"drop it: every scan it serves, {other.name} serves",
+                        ddl=f"DROP INDEX CONCURRENTLY {index.name};",
+                        saves=f"{pretty_bytes(index.size)}, and a write on every change",
+                        data={"index": index.name, "covered_by": other.name, "size": index.size},
+                    )
+                )
+                break
+    return Check(
+        "duplicate_indexes",
+        "Duplicate indexes",
+        "PgHero duplicate_indexes, extended to equal expressions and predicates",
+        findings=tuple(findings),
+    )
+
+
+async def invalid_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', n.nspname, c.relname) AS index,
+               format('%I.%I', n.nspname, t.relname) AS "table",
+               pg_get_indexdef(i.indexrelid) AS definition,
+               pg_relation_size(i.indexrelid) AS size
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_class t ON t.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT i.indisvalid
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%'
+        ORDER BY 1
+        """,
+    )
+    findings = tuple(
+        Finding(
+            subject=row["index"],
+            detail=f"invalid (a CREATE INDEX CONCURRENTLY that failed) on {row['table']}:"
+            f" no query uses it, yet every write still maintains it",
+            recommendation="drop it, fix what made the build fail (duplicates for a unique"
+            " index), then create it again concurrently",
+            ddl=f"DROP INDEX CONCURRENTLY {row['index']};",
+            saves=f"{pretty_bytes(row['size'])}, and a write on every change",
+            severity="critical",
+            data=row,
+        )
+        for row in found
+    )
+    return Check("invalid_indexes", "Invalid indexes", "PgHero invalid_indexes", findings=findings)
+
+
+async def missing_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', schemaname, relname) AS "table",
+               seq_scan, COALESCE(idx_scan, 0) AS idx_scan, seq_tup_read,
+               n_live_tup AS rows,
+               100.0 * COALESCE(idx_scan, 0)
+                 / NULLIF(seq_scan + COALESCE(idx_scan, 0), 0) AS index_share
+        FROM pg_stat_user_tables
+        WHERE n_live_tup >= :min_rows
+          AND seq_scan + COALESCE(idx_scan, 0) > 0
+          AND (COALESCE(idx_scan, 0) > 0 OR seq_scan >= :min_seq_scans)
+          AND 100.0 * COALESCE(idx_scan, 0) / (seq_scan + COALESCE(idx_scan, 0)) < :max_share
+        ORDER BY n_live_tup DESC, 1
+        """,
+        min_rows=limits.missing_index_min_rows,
+        min_seq_scans=limits.missing_index_min_seq_scans,
+        max_share=limits.missing_index_max_share,
+    )
+    findings = tuple(
+        Finding(
+            subject=row["table"],
+            detail=f"{float(row['index_share']):.1f}% of {row['seq_scan'] + row['idx_scan']}"
+            f" scans used an index; {row['rows']} rows, {row['seq_tup_read']} rows read by"
+            " sequential scans",
+            recommendation="index the columns its frequent queries filter on; the"
+            " suggested_indexes check names them when pg_stat_statements and hypopg are"
+            " installed",
+            saves=f"reading {row['rows']} rows on every such query",
+            data={**row, "index_share": float(row["index_share"])},
+        )
+        for row in found
+    )
+    return Check(
+        "missing_indexes",
+        "Tables that may need an index",
+        f"PgHero missing_indexes: under {limits.missing_index_max_share:g}% index scans and at"
+        f" least {limits.missing_index_min_rows} rows",
+        findings=findings,
+    )
+
+
+async def vacuum_and_analyze(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """Autovacuum's own trigger (threshold + scale factor x rows, the server's settings,
+    or the table's own when set): a table past it has been waiting for a vacuum or an
+    analyze that has not come, because autovacuum is off, behind, or blocked."""
+    found = await rows(
+        conn,
+        """
+        WITH settings AS (
+            SELECT current_setting('autovacuum_vacuum_threshold')::float8 AS vt,
+                   current_setting('autovacuum_vacuum_scale_factor')::float8 AS vs,
+                   current_setting('autovacuum_analyze_threshold')::float8 AS at,
+                   current_setting('autovacuum_analyze_scale_factor')::float8 AS as_
+        )
+        SELECT format('%I.%I', s.schemaname, s.relname) AS "table",
+               s.n_live_tup AS live, s.n_dead_tup AS dead,
+               s.n_mod_since_analyze AS modified,
+               s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
+               pg_table_size(s.relid) AS size,
+               st.vt + st.vs * GREATEST(c.reltuples, 0) AS vacuum_at,
+               st.at + st.as_ * GREATEST(c.reltuples, 0) AS analyze_at
+        FROM pg_stat_user_tables s
+        JOIN pg_class c ON c.oid = s.relid, settings st
+        ORDER BY 1
+        """,
+    )
+    findings = []
+    for row in found:
+        when = {k: row[k] for k in ("last_vacuum", "last_autovacuum")}
+        table = row["table"]
+        if row["dead"] > row["vacuum_at"]:
+            share = row["dead"] / max(row["live"] + row["dead"], 1)
+            findings.append(
+                Finding(
+                    subject=table,
+                    detail=f"{row['dead']} dead rows ({share:.0%}) past autovacuum's trigger of"
+                    f" {row['vacuum_at']:.0f}; last vacuum {_last(when)}",
+                    recommendation="vacuum it now, and see why autovacuum has not"
+                    " (autovacuum_enabled, long transactions holding the horizon)",
+                    ddl=f"VACUUM (ANALYZE) {table};",
+                    saves=f"space of {row['dead']} dead rows for reuse, and scans that skip them",
+                    data=row,
+                )
+            )
+        elif row["live"] > 0 and (
+            row["modified"] > row["analyze_at"]
+            or (row["last_analyze"] is None and row["last_autoanalyze"] is None)
+        ):
+            findings.append(
+                Finding(
+                    subject=table,
+                    detail=f"{row['modified']} rows changed since the last analyze"
+                    f" ({_last({k: row[k] for k in ('last_analyze', 'last_autoanalyze')})})",
+                    recommendation="analyze it, so the planner's estimates match the data",
+                    ddl=f"ANALYZE {table};",
+                    saves="plans chosen on stale row counts",
+                    data=row,
+                )
+            )
+    return Check(
+        "vacuum_analyze",
+        "Dead rows and stale statistics",
+        "PostgreSQL autovacuum trigger (routine-vacuuming), as PgHero's maintenance_info",
+        findings=tuple(findings),
+    )
+
+
+def _last(times: dict[str, Any]) -> str:
+    seen = {name: when for name, when in times.items() if when is not None}
+    if not seen:
+        return "never"
+    name, when = max(seen.items(), key=lambda item: item[1])
+    return f"{when.isoformat(timespec='seconds')} ({'auto' if 'auto' in name else 'manual'})"
+
+
+async def transaction_ids(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', n.nspname, c.relname) AS "table",
+               GREATEST(age(c.relfrozenxid), age(t.relfrozenxid)) AS age,
+               current_setting('autovacuum_freeze_max_age')::bigint AS freeze_max_age
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+        WHERE c.relkind IN ('r', 'm')
+          AND (:limit - GREATEST(age(c.relfrozenxid), age(t.relfrozenxid)) < :ids_left
+            OR current_setting('autovacuum_freeze_max_age')::bigint
+               - GREATEST(age(c.relfrozenxid), age(t.relfrozenxid)) < :autovacuum_left)
+        ORDER BY age DESC
+        """,
+        limit=TX_WRAPAROUND_LIMIT,
+        ids_left=limits.tx_ids_left,
+        autovacuum_left=limits.autovacuum_ids_left,
+    )
+    findings = []
+    for row in found:
+        left = TX_WRAPAROUND_LIMIT - row["age"]
+        critical = left < limits.tx_ids_left
+        findings.append(
+            Finding(
+                subject=row["table"],
+                detail=f"oldest unfrozen transaction ID is {row['age']} old: {left} left"
+                " before PostgreSQL stops writes",
+                recommendation="freeze it now; find what kept autovacuum from doing so"
+                if critical
+                else "an anti-wraparound autovacuum is due; make sure nothing blocks it",
+                ddl=f"VACUUM (FREEZE, ANALYZE) {row['table']};",
+                saves="a database that refuses writes until vacuumed in single-user mode",
+                severity="critical" if critical else "warning",
+                data={**row, "left": left},
+            )
+        )
+    return Check(
+        "transaction_id_wraparound",
+        "Transaction ID wraparound",
+        f"PgHero transaction_id_danger ({limits.tx_ids_left} left) and autovacuum_danger"
+        f" ({limits.autovacuum_ids_left} before forced autovacuum)",
+        findings=tuple(findings),
+    )
+
+
+async def cache_hit_ratio(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT 'heap' AS kind, sum(heap_blks_hit) AS hit, sum(heap_blks_read) AS read
+        FROM pg_statio_user_tables
+        UNION ALL
+        SELECT 'index', sum(idx_blks_hit), sum(idx_blks_read) FROM pg_statio_user_indexes
+        """,
+    )
+    findings = []
+    for row in found:
+        hit, read = int(row["hit"] or 0), int(row["read"] or 0)
+        if hit + read < limits.cache_min_blocks:
+            continue
+        ratio = hit / (hit + read)
+        if ratio < limits.cache_hit_ratio:
+            findings.append(
+                Finding(
+                    subject=f"{row['kind']} blocks",
+                    detail=f"{ratio:.2%} of {row['kind']} block reads hit shared buffers",
+                    recommendation="the working set does not fit in memory: raise"
+                    " shared_buffers (and the machine's memory), or drop unused indexes",
+                    saves="reads from disk (or the OS cache) on hot queries",
+                    data={"ratio": ratio, "hit": hit, "read": read},
+                )
+            )
+    return Check(
+        "cache_hit_ratio",
+        "Cache hit ratio",
+        f"PgHero cache_hit_rate_threshold ({limits.cache_hit_ratio:.0%}); judged from"
+        f" {limits.cache_min_blocks} block accesses",
+        findings=tuple(findings),
+    )
+
+
+async def connections(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE state = 'idle in transaction'
+                 AND now() - state_change > make_interval(secs => :long)) AS stuck,
+               current_setting('max_connections')::int AS max
+        FROM pg_stat_activity WHERE backend_type = 'client backend'
+        """,
+        long=limits.long_running_seconds,
+    )
+    row = found[0]
+    findings = []
+    if row["total"] > limits.total_connections:
+        findings.append(
+            Finding(
+                subject="connections",
+                detail=f"{row['total']} connections of {row['max']} allowed",
+                recommendation="put a pooler (PgBouncer) in front, or lower the pools'"
+                " sizes: each connection is a process with its own memory",
+                saves="memory and the risk of refusing connections",
+                data=row,
+            )
+        )
+    if row["stuck"]:
+        findings.append(
+            Finding(
+                subject="idle in transaction",
+                detail=f"{row['stuck']} sessions idle in a transaction for over"
+                f" {limits.long_running_seconds:g} s: they hold locks and stop vacuum",
+                recommendation="fix the client that leaves transactions open; set"
+                " idle_in_transaction_session_timeout",
+                saves="blocked writers and tables vacuum cannot clean",
+                data=row,
+            )
+        )
+    return Check(
+        "connections",
+        "Connections",
+        f"PgHero total_connections_threshold ({limits.total_connections}) and connection_states",
+        findings=tuple(findings),
+    )
+
+
+async def long_running_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT pid, state, usename AS "user", application_name AS source,
+               EXTRACT(EPOCH FROM now() - COALESCE(query_start, xact_start))::float8
+                 AS seconds,
+               left(query, 500) AS query
+        FROM pg_stat_activity
+        WHERE state <> 'idle' AND pid <> pg_backend_pid() AND datname = current_database()
+          AND now() - COALESCE(query_start, xact_start) > make_interval(secs => :long)
+        ORDER BY seconds DESC
+        """,
+        long=limits.long_running_seconds,
+    )
+    findings = tuple(
+        Finding(
+            subject=f"pid {row['pid']}",
+            detail=f"running for {row['seconds']:.0f} s ({row['state']}): {row['query']}",
+            recommendation="cancel it if it should not take this long; it holds a snapshot"
+            " that keeps vacuum from cleaning",
+            ddl=f"SELECT pg_cancel_backend({int(row['pid'])});",
+            saves="locks, a held vacuum horizon, and a connection",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(
+        "long_running_queries",
+        "Long-running queries",
+        f"PgHero long_running_query_sec ({limits.long_running_seconds:g} s)",
+        findings=findings,
+    )
+
+
+async def blocked_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
+    found = await rows(
+        conn,
+        """
+        SELECT blocked.pid, left(blocked.query, 500) AS query,
+               EXTRACT(EPOCH FROM now() - blocked.query_start)::float8 AS seconds,
+               pg_blocking_pids(blocked.pid) AS blocked_by,
+               (SELECT left(b.query, 500) FROM pg_stat_activity b
+                WHERE b.pid = (pg_blocking_pids(blocked.pid))[1]) AS blocking_query
+        FROM pg_stat_activity blocked
+        WHERE cardinality(pg_blocking_pids(blocked.pid)) > 0
+          AND blocked.datname = current_database()
+        ORDER BY seconds DESC
+        """,
+    )
+    findings = tuple(
+        Finding(
+            subject=f"pid {row['pid']}",
+            detail=f"waiting {row['seconds']:.1f} s on pid {row['blocked_by']}: {row['query']}",
+            recommendation=f"end the blocking transaction if it is stuck ({row['blocking_query']})",
+            ddl=f"SELECT pg_cancel_backend({int(row['blocked_by'][0])});",
+            saves="every request queued behind the lock",
+            severity="critical",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(
+        "blocked_queries",
+        "Blocked queries",
+        "PgHero blocked_queries, by pg_blocking_pids()",
+        findings=findings,
+    )
+
+
+async def sequences(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """A sequence is judged against the largest value its column can hold (an ``integer``
+    column fed by a ``bigint`` sequence overflows at 2^31), as PgHero does."""
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', s.schemaname, s.sequencename) AS sequence,
+               format('%I.%I', tn.nspname, t.relname) AS "table",
+               quote_ident(a.attname) AS "column",
+               format_type(a.atttypid, a.atttypmod) AS column_type,
+               s.last_value,
+               LEAST(s.max_value, CASE a.atttypid WHEN 'int2'::regtype THEN 32767
+                                                  WHEN 'int4'::regtype THEN 2147483647
+                                                  ELSE s.max_value END) AS max_value
+        FROM pg_sequences s
+        JOIN pg_class sc ON sc.relname = s.sequencename
+        JOIN pg_namespace sn ON sn.oid = sc.relnamespace AND sn.nspname = s.schemaname
+        LEFT JOIN pg_depend d ON d.objid = sc.oid AND d.classid = 'pg_class'::regclass
+                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+        LEFT JOIN pg_class t ON t.oid = d.refobjid
+        LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+        LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE s.last_value IS NOT NULL
+        ORDER BY 1
+        """,
+    )
+    findings = []
+    for row in found:
+        share = row["last_value"] / row["max_value"]
+        if share <= limits.sequence_share:
+            continue
+        widen = (
+            f"ALTER TABLE {row['table']} ALTER COLUMN {row['column']} TYPE bigint;"
+            if row["column"] and row["column_type"] in ("smallint", "integer")
+            else None
+        )
+        findings.append(
+            Finding(
+                subject=row["sequence"],
+                detail=f"at {row['last_value']} of {row['max_value']} ({share:.1%})"
+                + (f", feeding {row['table']}.{row['column']}" if row["column"] else ""),
+                recommendation="widen the column to bigint before inserts start failing"
+                " (it rewrites the table: plan a window)"
+                if widen
+                else "raise the sequence's MAXVALUE or plan new ids before it runs out",
+                ddl=widen,
+                saves="inserts failing with 'nextval: reached maximum value'",
+                severity="critical" if share > 0.97 else "warning",
+                data={**row, "share": share},
+            )
+        )
+    return Check(
+        "sequences",
+        "Sequences near their limit",
+        f"PgHero sequence_danger (over {limits.sequence_share:.0%} of the column's maximum)",
+        findings=tuple(findings),
+    )
+
+
+async def has_extension(conn: AsyncConnection, name: str) -> bool:
+    found = await rows(conn, "SELECT 1 AS yes FROM pg_extension WHERE extname = :name", name=name)
+    return bool(found)
+
+
+async def slow_query_rows(conn: AsyncConnection, limits: Thresholds) -> Rows | str:
+    """The slow statements of this database, or why they cannot be read."""
+    if not await has_extension(conn, "pg_stat_statements"):
+        return (
+            "pg_stat_statements is not installed in this database: add it to"
+            " shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
+        )
+    try:
+        return await rows(
+            conn,
+            """
+            SELECT queryid::text AS queryid, query, calls,
+                   total_exec_time AS total_ms, mean_exec_time AS mean_ms, rows
+            FROM pg_stat_statements
+            WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND calls >= :calls AND mean_exec_time >= :ms
+            ORDER BY total_exec_time DESC
+            LIMIT 50
+            """,
+            calls=limits.slow_query_calls,
+            ms=limits.slow_query_ms,
+        )
+    except DBAPIError as exc:  # created but not preloaded: the view raises
+        return f"pg_stat_statements cannot be read: {str(exc.orig).splitlines()[0]}"
+
+
+async def slow_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
+    source = (
+        f"PgHero slow_queries (pg_stat_statements: at least {limits.slow_query_calls} calls"
+        f" averaging {limits.slow_query_ms:g} ms)"
+    )
+    found = await slow_query_rows(conn, limits)
+    if isinstance(found, str):
+        return Check("slow_queries", "Slow queries", source, ran=False, note=found)
+    findings = tuple(
+        Finding(
+            subject=f"query {row['queryid']}",
+            detail=f"{row['calls']} calls averaging {row['mean_ms']:.1f} ms"
+            f" ({row['total_ms'] / 1000:.1f} s in all): {row['query'][:300]}",
+            recommendation="EXPLAIN (ANALYZE, BUFFERS) it; the suggested_indexes check"
+            " tries indexes for it when hypopg is installed",
+            saves=f"up to {row['total_ms'] / 1000:.1f} s of database time per such period",
+            data=row,
+        )
+        for row in found
+    )
+    return Check("slow_queries", "Slow queries", source, findings=findings)
+
+
+CHECKS: Sequence[CheckFn] = (
+    unused_indexes,
+    duplicate_indexes,
+    invalid_indexes,
+    missing_indexes,
+    vacuum_and_analyze,
+    transaction_ids,
+    cache_hit_ratio,
+    connections,
+    long_running_queries,
+    blocked_queries,
+    sequences,
+    slow_queries,
+)
+"""Every PostgreSQL check, in the order a report lists them."""
+
+
+async def overview(conn: AsyncConnection) -> dict[str, Any]:
+    """Figures a person reads beside the findings."""
+    ratios = await rows(
+        conn,
+        """
+        SELECT (SELECT sum(heap_blks_hit) / NULLIF(sum(heap_blks_hit + heap_blks_read), 0)
+                FROM pg_statio_user_tables)::float8 AS heap,
+               (SELECT sum(idx_blks_hit) / NULLIF(sum(idx_blks_hit + idx_blks_read), 0)
+                FROM pg_statio_user_indexes)::float8 AS index,
+               pg_database_size(current_database()) AS size
+        """,
+    )
+    states = await rows(
+        conn,
+        """
+        SELECT COALESCE(state, 'background') AS state, count(*) AS n
+        FROM pg_stat_activity GROUP BY 1 ORDER BY 1
+        """,
+    )
+    tables = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', schemaname, relname) AS "table", n_live_tup AS live,
+               n_dead_tup AS dead, last_vacuum, last_autovacuum, last_analyze,
+               last_autoanalyze
+        FROM pg_stat_user_tables ORDER BY 1
+        """,
+    )
+    return {
+        "database_size": pretty_bytes(ratios[0]["size"]),
+        "heap_cache_hit_ratio": ratios[0]["heap"],
+        "index_cache_hit_ratio": ratios[0]["index"],
+        "connections_by_state": {row["state"]: row["n"] for row in states},
+        "pg_stat_statements": await has_extension(conn, "pg_stat_statements"),
+        "hypopg": await has_extension(conn, "hypopg"),
+        "tables": tables,
+    }
