@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shlex
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ class PrivateCluster:
     root: Path
     port: int
     bin: Path
+    settings: tuple[str, ...] = ()
+    """Server settings (``name=value``) given as ``-c`` options at every start."""
 
     @property
     def data(self) -> Path:
@@ -90,6 +93,8 @@ class PrivateCluster:
     async def start(self) -> None:
         """Start the server on the same port; return once it accepts connections."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # pg_ctl hands -o to a shell, hence the quoting.
+        options += "".join(f" -c {shlex.quote(setting)}" for setting in self.settings)
         await _run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -122,17 +127,19 @@ class PrivateCluster:
 
 
 @asynccontextmanager
-async def private_postgres() -> AsyncIterator[PrivateCluster]:
+async def private_postgres(options: Sequence[str] = ()) -> AsyncIterator[PrivateCluster]:
     """A fresh PostgreSQL cluster on a free port of 127.0.0.1, trust auth, user postgres.
 
-    Always stopped and deleted afterwards, also when the body fails.
+    ``options`` are server settings (``"shared_preload_libraries=pg_stat_statements"``),
+    each passed as ``-c`` whenever the cluster starts. Always stopped and deleted
+    afterwards, also when the body fails.
     """
     root = Path(tempfile.mkdtemp(prefix="svc-pg-"))
     try:
         if os.geteuid() == 0:
             user = pwd.getpwnam(OS_USER)
             os.chown(root, user.pw_uid, user.pw_gid)
-        cluster = PrivateCluster(root, free_port(), postgres_bin())
+        cluster = PrivateCluster(root, free_port(), postgres_bin(), tuple(options))
         await _run(
             str(cluster.bin / "initdb"),
             "-D",

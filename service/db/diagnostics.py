@@ -307,10 +307,7 @@ async def vacuum_and_analyze(conn: AsyncConnection, limits: Thresholds) -> Check
                     data=row,
                 )
             )
-        elif row["live"] > 0 and (
-            row["modified"] > row["analyze_at"]
-            or (row["last_analyze"] is None and row["last_autoanalyze"] is None)
-        ):
+        elif row["modified"] > row["analyze_at"]:
             findings.append(
                 Finding(
                     subject=table,
