@@ -74,3 +74,21 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
             assert f"| {NOT_BUILT} |" in row, row
     assert "→ 1 database query" in report
     assert "0 responses other than 200 and 503" in report
+
+
+@pytest.mark.slow
+def test_listing_bench_applies_the_recommendation_and_measures_both_sides() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.listing", "--runs", "1", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "the report recommended `VACUUM (ANALYZE) public.results;`" in completed.stdout
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| first page")]
+    before, after = (float(cell.split()[0].replace(",", "")) for cell in rows[0].split(" | ")[1:3])
+    assert before > 0
+    assert after > 0
