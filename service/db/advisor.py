@@ -107,9 +107,12 @@ async def suggest(conn: AsyncConnection, query: str) -> Suggestion | None:
     try:
         await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
         args = f"({', '.join(['NULL'] * placeholders)})" if placeholders else ""
-        explain = f"EXPLAIN (FORMAT JSON) EXECUTE {_STATEMENT}{args}"
+        explain = f"EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {_STATEMENT}{args}"  # names schemas
 
         async def cost() -> tuple[float, dict[str, Any]]:
+            # Plan afresh: the cached generic plan would not see a hypothetical index
+            # (hypopg sends no invalidation), so every "after" cost would equal "before".
+            await conn.exec_driver_sql("DISCARD PLANS")
             raw = (await conn.exec_driver_sql(explain)).scalar_one()
             plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
             return float(plan["Total Cost"]), plan

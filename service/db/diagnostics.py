@@ -5,7 +5,10 @@ trust, except where noted; each :class:`~service.db.report.Check` names its sour
 Every identifier that reaches a recommended statement is quoted by the server
 (``quote_ident`` / ``format('%I')``) in the query that reads it, never pasted here.
 All checks read the statistics views and catalogs only: they take no locks a busy
-database would notice.
+database would notice. Deparsing an index (``pg_get_indexdef``) does take ACCESS SHARE on
+its table, and sizing one on the index, which waits behind a LOCK TABLE, ALTER or REINDEX:
+the index checks wait at most :data:`LOCK_WAIT_MS` and then say they were skipped, so a
+report never hangs on the very lock its blocked_queries check is there to show.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.db.pool import sqlstate
 from service.db.report import Check, Finding, pretty_bytes
 
 TX_WRAPAROUND_LIMIT = 2_146_483_648
 """Transaction-ID age at which PostgreSQL stops accepting writes (PgHero's figure)."""
+LOCK_WAIT_MS = 1000
+"""How long a check waits for a lock on an index or table before it skips."""
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +64,26 @@ async def rows(conn: AsyncConnection, sql: str, **params: Any) -> Rows:
     return [dict(row) for row in result.mappings()]
 
 
+async def rows_or_locked(conn: AsyncConnection, sql: str, **params: Any) -> Rows | str:
+    """:func:`rows`, or why not if a lock it needs was not granted within LOCK_WAIT_MS."""
+    await conn.exec_driver_sql(f"SET lock_timeout = {LOCK_WAIT_MS}")
+    try:
+        return await rows(conn, sql, **params)
+    except DBAPIError as exc:
+        if sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+            raise
+        return (
+            f"skipped: a lock on an index or its table was not granted within"
+            f" {LOCK_WAIT_MS / 1000:g} s (see blocked_queries); run the report again later"
+        )
+    finally:
+        await conn.exec_driver_sql("RESET lock_timeout")
+
+
 async def unused_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
-    found = await rows(
+    name, title = "unused_indexes", "Unused indexes"
+    source = f"PgHero unused_indexes: not unique, at most {limits.unused_index_max_scans} scans"
+    found = await rows_or_locked(
         conn,
         """
         SELECT format('%I.%I', s.schemaname, s.indexrelname) AS index,
@@ -71,6 +96,8 @@ async def unused_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
         """,
         max_scans=limits.unused_index_max_scans,
     )
+    if isinstance(found, str):
+        return Check(name, title, source, ran=False, note=found)
     findings = tuple(
         Finding(
             subject=row["index"],
@@ -88,12 +115,7 @@ async def unused_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
         )
         for row in found
     )
-    return Check(
-        "unused_indexes",
-        "Unused indexes",
-        f"PgHero unused_indexes: not unique, at most {limits.unused_index_max_scans} scans",
-        findings=findings,
-    )
+    return Check(name, title, source, findings=findings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +132,8 @@ class _Index:
     size: int
 
 
-async def _indexes(conn: AsyncConnection) -> list[_Index]:
-    found = await rows(
+async def _indexes(conn: AsyncConnection) -> list[_Index] | str:
+    found = await rows_or_locked(
         conn,
         """
         SELECT format('%I.%I', n.nspname, ic.relname) AS name,
@@ -139,6 +161,8 @@ async def _indexes(conn: AsyncConnection) -> list[_Index]:
         ORDER BY 1
         """,
     )
+    if isinstance(found, str):
+        return found
     return [_Index(**{**row, "keys": tuple(row["keys"])}) for row in found]
 
 
@@ -147,7 +171,11 @@ async def duplicate_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
     method and predicate, starts with the same key columns (same expressions, operator
     classes, collations and order). Unique and primary-key indexes are never the
     unneeded one: they enforce a rule, not only speed a read."""
+    name, title = "duplicate_indexes", "Duplicate indexes"
+    source = "PgHero duplicate_indexes, extended to equal expressions and predicates"
     indexes = await _indexes(conn)
+    if isinstance(indexes, str):
+        return Check(name, title, source, ran=False, note=indexes)
     findings = []
     for index in indexes:
         if index.unique or index.primary or index.included:
@@ -178,16 +206,12 @@ async def duplicate_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
                     )
                 )
                 break
-    return Check(
-        "duplicate_indexes",
-        "Duplicate indexes",
-        "PgHero duplicate_indexes, extended to equal expressions and predicates",
-        findings=tuple(findings),
-    )
+    return Check(name, title, source, findings=tuple(findings))
 
 
 async def invalid_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
-    found = await rows(
+    name, title, source = "invalid_indexes", "Invalid indexes", "PgHero invalid_indexes"
+    found = await rows_or_locked(
         conn,
         """
         SELECT format('%I.%I', n.nspname, c.relname) AS index,
@@ -204,6 +228,8 @@ async def invalid_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
         ORDER BY 1
         """,
     )
+    if isinstance(found, str):
+        return Check(name, title, source, ran=False, note=found)
     findings = tuple(
         Finding(
             subject=row["index"],
@@ -218,7 +244,7 @@ async def invalid_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
         )
         for row in found
     )
-    return Check("invalid_indexes", "Invalid indexes", "PgHero invalid_indexes", findings=findings)
+    return Check(name, title, source, findings=findings)
 
 
 async def missing_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:
@@ -281,7 +307,7 @@ async def vacuum_and_analyze(conn: AsyncConnection, limits: Thresholds) -> Check
                s.n_live_tup AS live, s.n_dead_tup AS dead,
                s.n_mod_since_analyze AS modified,
                s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
-               pg_table_size(s.relid) AS size,
+               c.relpages::bigint * current_setting('block_size')::bigint AS size,
                st.vt + st.vs * GREATEST(c.reltuples, 0) AS vacuum_at,
                st.at + st.as_ * GREATEST(c.reltuples, 0) AS analyze_at
         FROM pg_stat_user_tables s
@@ -395,8 +421,8 @@ async def cache_hit_ratio(conn: AsyncConnection, limits: Thresholds) -> Check:
     findings = []
     for row in found:
         hit, read = int(row["hit"] or 0), int(row["read"] or 0)
-        if hit + read < limits.cache_min_blocks:
-            continue
+        if hit + read == 0 or hit + read < limits.cache_min_blocks:
+            continue  # no block accessed (no index yet, say): no ratio to judge
         ratio = hit / (hit + read)
         if ratio < limits.cache_hit_ratio:
             findings.append(
@@ -424,6 +450,7 @@ async def connections(conn: AsyncConnection, limits: Thresholds) -> Check:
         """
         SELECT count(*) AS total,
                count(*) FILTER (WHERE state = 'idle in transaction'
+                 AND datname = current_database()
                  AND now() - state_change > make_interval(secs => :long)) AS stuck,
                current_setting('max_connections')::int AS max
         FROM pg_stat_activity WHERE backend_type = 'client backend'
@@ -505,9 +532,9 @@ async def blocked_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
         SELECT blocked.pid, left(blocked.query, 500) AS query,
                EXTRACT(EPOCH FROM now() - blocked.query_start)::float8 AS seconds,
                pg_blocking_pids(blocked.pid) AS blocked_by,
-               (SELECT left(b.query, 500) FROM pg_stat_activity b
-                WHERE b.pid = (pg_blocking_pids(blocked.pid))[1]) AS blocking_query
+               blocker.state AS blocking_state, left(blocker.query, 500) AS blocking_query
         FROM pg_stat_activity blocked
+        LEFT JOIN pg_stat_activity blocker ON blocker.pid = (pg_blocking_pids(blocked.pid))[1]
         WHERE cardinality(pg_blocking_pids(blocked.pid)) > 0
           AND blocked.datname = current_database()
         ORDER BY seconds DESC
@@ -517,8 +544,11 @@ async def blocked_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
         Finding(
             subject=f"pid {row['pid']}",
             detail=f"waiting {row['seconds']:.1f} s on pid {row['blocked_by']}: {row['query']}",
-            recommendation=f"end the blocking transaction if it is stuck ({row['blocking_query']})",
-            ddl=f"SELECT pg_cancel_backend({int(row['blocked_by'][0])});",
+            recommendation=f"end the blocking transaction if it is stuck ({row['blocking_state']}:"
+            f" {row['blocking_query']})",
+            # A blocker idle in its transaction has no query to cancel: only ending its
+            # session releases the lock.
+            ddl=f"SELECT {_ender(row['blocking_state'])}({int(row['blocked_by'][0])});",
             saves="every request queued behind the lock",
             severity="critical",
             data=row,
@@ -533,6 +563,10 @@ async def blocked_queries(conn: AsyncConnection, limits: Thresholds) -> Check:
     )
 
 
+def _ender(state: str | None) -> str:
+    return "pg_cancel_backend" if state == "active" else "pg_terminate_backend"
+
+
 async def sequences(conn: AsyncConnection, limits: Thresholds) -> Check:
     """A sequence is judged against the largest value its column can hold (an ``integer``
     column fed by a ``bigint`` sequence overflows at 2^31), as PgHero does."""
@@ -543,7 +577,7 @@ async def sequences(conn: AsyncConnection, limits: Thresholds) -> Check:
                format('%I.%I', tn.nspname, t.relname) AS "table",
                quote_ident(a.attname) AS "column",
                format_type(a.atttypid, a.atttypmod) AS column_type,
-               s.last_value,
+               s.data_type::text AS sequence_type, s.last_value,
                LEAST(s.max_value, CASE a.atttypid WHEN 'int2'::regtype THEN 32767
                                                   WHEN 'int4'::regtype THEN 2147483647
                                                   ELSE s.max_value END) AS max_value
@@ -564,11 +598,13 @@ async def sequences(conn: AsyncConnection, limits: Thresholds) -> Check:
         share = row["last_value"] / row["max_value"]
         if share <= limits.sequence_share:
             continue
-        widen = (
-            f"ALTER TABLE {row['table']} ALTER COLUMN {row['column']} TYPE bigint;"
-            if row["column"] and row["column_type"] in ("smallint", "integer")
-            else None
-        )
+        widen: str | None = None
+        if row["column"] and row["column_type"] in ("smallint", "integer"):
+            widen = f"ALTER TABLE {row['table']} ALTER COLUMN {row['column']} TYPE bigint;"
+            if row["sequence_type"] != "bigint":
+                # A serial's sequence keeps its own type, and so its limit, when the column
+                # widens: without this, inserts still fail at the same value.
+                widen += f" ALTER SEQUENCE {row['sequence']} AS bigint;"
         findings.append(
             Finding(
                 subject=row["sequence"],
