@@ -79,6 +79,32 @@ def test_values_are_read_and_cast() -> None:
     assert settings.redis_url == "rediss://cache:6380/0"
 
 
+def test_maintenance_settings_are_read_and_checked() -> None:
+    settings = read(
+        DB_LOCK_TIMEOUT="0.25",
+        DB_MAINTENANCE_TIMEOUT="600",
+        DB_MAINTENANCE_INTERVAL="86400",
+        DB_MAINTENANCE_OPERATION="Vacuum",
+    )
+    assert settings.db_lock_timeout == 0.25
+    assert settings.db_maintenance_timeout == 600.0
+    assert settings.db_maintenance_interval == 86400.0
+    assert settings.db_maintenance_operation == "vacuum"
+    defaults = read()
+    assert (defaults.db_lock_timeout, defaults.db_maintenance_timeout) == (5.0, 3600.0)
+    assert (defaults.db_maintenance_interval, defaults.db_maintenance_operation) == (0.0, "analyze")
+    for variable, value in [
+        ("DB_MAINTENANCE_OPERATION", "full"),
+        ("DB_LOCK_TIMEOUT", "0"),
+        ("DB_MAINTENANCE_INTERVAL", "-1"),
+        ("DB_MAINTENANCE_TIMEOUT", "soon"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            read(**{variable: value})
+        assert caught.value.variable == variable
+        assert str(caught.value).startswith(f"{variable}: ")
+
+
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("DB_POOL_SIZE=7\nRESULT_TTL=99\n")

@@ -65,6 +65,7 @@ ADVISORY_LOCK_KEY = 7_355_608_211_927_111_001
 """One bigint for every replica of this service: who holds it is maintaining."""
 _LOCK_NOT_AVAILABLE = "55P03"
 _QUERY_CANCELED = "57014"
+_GONE = ("42P01", "3F000")  # undefined_table, invalid_schema_name: dropped mid-run
 _APPLICABLE = ("DROP INDEX CONCURRENTLY ", "CREATE INDEX CONCURRENTLY ", "VACUUM ", "ANALYZE ")
 
 
@@ -288,18 +289,20 @@ class QueryOptimizer:
                 conn,
                 """
                 SELECT schemaname || '.' || tablename AS name, tablename AS short,
-                       schemaname = ANY(current_schemas(false)) AS visible,
+                       array_position(current_schemas(false), schemaname) AS position,
                        format('%I.%I', schemaname, tablename) AS quoted
                 FROM pg_tables
                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
                   AND schemaname NOT LIKE 'pg_toast%'
+                  AND schemaname NOT LIKE 'pg_temp%'
                 ORDER BY schemaname, tablename
                 """,
             )
             known = {row["name"]: row["quoted"] for row in found}
-            for row in found:
-                if row["visible"]:
-                    known.setdefault(row["short"], row["quoted"])
+            # A short name is the table the search path finds first, as in SQL.
+            visible = [row for row in found if row["position"] is not None]
+            for row in sorted(visible, key=lambda row: row["position"]):
+                known.setdefault(row["short"], row["quoted"])
         if wanted is None:
             return list(dict.fromkeys(row["quoted"] for row in found))
         unknown = [name for name in wanted if name not in known]
@@ -315,17 +318,17 @@ class QueryOptimizer:
             await conn.exec_driver_sql(statement)
         except DBAPIError as exc:
             state = sqlstate(exc)
-            if state not in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
+            if state not in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED, *_GONE):
                 raise
             outcome: Literal["skipped", "timed out"] = (
-                "skipped" if state == _LOCK_NOT_AVAILABLE else "timed out"
+                "timed out" if state == _QUERY_CANCELED else "skipped"
             )
-            limit = self.lock_timeout if outcome == "skipped" else self.statement_timeout
-            detail = (
-                f"its lock was not granted within {limit:g} s"
-                if outcome == "skipped"
-                else f"it ran past {limit:g} s and was cancelled"
-            )
+            if state == _LOCK_NOT_AVAILABLE:
+                detail = f"its lock was not granted within {self.lock_timeout:g} s"
+            elif state == _QUERY_CANCELED:
+                detail = f"it ran past {self.statement_timeout:g} s and was cancelled"
+            else:
+                detail = "it no longer exists (dropped or renamed during the run)"
             logger.warning("maintenance %s: %s", outcome, statement)
             return TableRun(table, statement, outcome, time.perf_counter() - started, detail)
         return TableRun(table, statement, "done", time.perf_counter() - started)

@@ -1,0 +1,944 @@
+"""QueryOptimizer maintenance on a real PostgreSQL server (and SQLite), end to end.
+
+What is proved here, each against what PostgreSQL itself records:
+
+* ANALYZE and VACUUM really run, one statement per table, outside any transaction;
+* one maintainer at a time (the advisory lock), released after every run;
+* table names are looked up, never pasted into SQL;
+* ``lock_timeout`` skips a table someone holds, ``statement_timeout`` cancels a statement,
+  and either way the run goes on and the pooled connection gets its settings back;
+* the admin endpoints, the ``service db`` commands and the periodic task drive the same.
+
+Every test that reads statistics (``pg_stat_all_tables``) gets a database of its own
+(``svc_mnt_<random>``), dropped afterwards, so nothing another test did can show up.
+Statistics are polled for up to :data:`STATS_TIMEOUT` seconds, never waited for blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import httpx
+import pytest
+
+from service.db.migrations import upgrade
+from service.db.optimization import ADVISORY_LOCK_KEY, MaintenanceRun, QueryOptimizer
+from service.db.pool import ConnectionPool
+from service.db.report import Finding
+from service.errors import InvalidOperation, MaintenanceRunning, OptimizerError, UnknownTable
+from tests._server import run_cli
+from tests.conftest import ADMIN_URL, ClientFactory
+
+TOKEN = "maintenance-admin-token-0123"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+REPORT = "/admin/db/report"
+MAINTENANCE = "/admin/db/maintenance"
+STATS_TIMEOUT = 5.0
+"""Seconds to wait for PostgreSQL to show a statistic, a waiting backend, ..."""
+HOSTILE = 'x"; DROP TABLE y; --'
+
+Column = Literal["last_vacuum", "last_analyze"]
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    """A throw-away PostgreSQL database of one test (or one module)."""
+
+    name: str
+
+    @property
+    def dsn(self) -> str:
+        """For asyncpg, which the tests use to look at the database from the side."""
+        return f"{ADMIN_URL.rsplit('/', 1)[0]}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        """For the service (``DATABASE_URL``)."""
+        return self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    async def connect(self) -> Any:
+        return await asyncpg.connect(self.dsn)
+
+    async def execute(self, sql: str) -> None:
+        conn = await self.connect()
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        conn = await self.connect()
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+
+@asynccontextmanager
+async def fresh_database(*, migrated: bool) -> AsyncIterator[Database]:
+    """CREATE DATABASE svc_mnt_<random> (migrated if asked); DROP ... WITH (FORCE) after."""
+    db = Database(f"svc_mnt_{uuid.uuid4().hex[:10]}")
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{db.name}"')
+    finally:
+        await admin.close()
+    try:
+        if migrated:
+            async with ConnectionPool(db.url) as pool:
+                await upgrade(pool)
+        yield db
+    finally:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def stat(db: Database, table: str, column: Column) -> datetime | None:
+    """``pg_stat_all_tables.<column>`` of ``table`` (schema-qualified) right now."""
+    value: datetime | None = await db.fetchval(
+        f"SELECT {column} FROM pg_stat_all_tables WHERE relid = to_regclass($1)", table
+    )
+    return value
+
+
+async def wait_for_stat(db: Database, table: str, column: Column) -> datetime:
+    """Poll until PostgreSQL records ``column`` of ``table``; fail after STATS_TIMEOUT."""
+    deadline = time.monotonic() + STATS_TIMEOUT
+    while (value := await stat(db, table, column)) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{column} of {table} still NULL after {STATS_TIMEOUT} s")
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def wait_until_blocked(db: Database, pattern: str = r"^(VACUUM|ANALYZE) ") -> None:
+    """Poll until a backend of ``db`` whose query matches ``pattern`` waits for a lock."""
+    deadline = time.monotonic() + STATS_TIMEOUT
+    while not await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = $1 AND wait_event_type = 'Lock' AND query ~ $2",
+        db.name,
+        pattern,
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no backend waited for a lock within {STATS_TIMEOUT} s")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def locked(db: Database, table: str) -> AsyncIterator[Any]:
+    """Hold ACCESS EXCLUSIVE on ``table`` in an open transaction of another session.
+
+    Yields that session's connection: the body may COMMIT (releasing the lock) itself;
+    otherwise the transaction is rolled back on the way out.
+    """
+    conn = await db.connect()
+    try:
+        await conn.execute("BEGIN")
+        await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        yield conn
+    finally:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        await conn.close()
+
+
+@asynccontextmanager
+async def advisory_lock_held(db: Database) -> AsyncIterator[Any]:
+    """Another session holds the maintenance advisory lock (as another replica would).
+
+    Yields a coroutine function that releases it early; otherwise released on exit.
+    """
+    conn = await db.connect()
+    held = True
+
+    async def release() -> None:
+        nonlocal held
+        if held:
+            assert await conn.fetchval("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+            held = False
+
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
+        yield release
+    finally:
+        await release()
+        await conn.close()
+
+
+async def advisory_lock_is_free(db: Database) -> bool:
+    """Whether another session can take the maintenance lock now (given back at once)."""
+    conn = await db.connect()
+    try:
+        got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY))
+        if got:
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+        return got
+    finally:
+        await conn.close()
+
+
+def outcomes(run: MaintenanceRun) -> list[tuple[str, str]]:
+    return [(table.table, table.outcome) for table in run.tables]
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> Any:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert body["detail"]
+    if slug is not None:
+        assert body["type"] == f"/problems/{slug}"
+    return body
+
+
+def periodic_tasks() -> list[asyncio.Task[Any]]:
+    """Pending tasks running the service's periodic maintenance loop."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "maintain_periodically"
+    ]
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Database]:
+    """An empty database of this test's own."""
+    async with fresh_database(migrated=False) as database:
+        yield database
+
+
+@pytest.fixture
+async def migrated_db() -> AsyncIterator[Database]:
+    """A database of this test's own with the service's schema (table ``results``)."""
+    async with fresh_database(migrated=True) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+async def shared_db() -> AsyncIterator[Database]:
+    """A migrated database for the tests of this module that read no statistics."""
+    async with fresh_database(migrated=True) as database:
+        yield database
+
+
+@pytest.fixture
+async def db_pool(db: Database) -> AsyncIterator[ConnectionPool]:
+    """A small pool on ``db``."""
+    async with ConnectionPool(db.url, pool_size=3, max_overflow=0, pool_timeout=5) as pool:
+        yield pool
+
+
+# --- maintenance really runs --------------------------------------------------------------
+
+
+async def test_vacuum_of_one_table_vacuums_and_analyzes_that_table_only(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """vacuum(["t"]) runs ``VACUUM (ANALYZE) public.t``: PostgreSQL records a manual
+    vacuum and analyze of t, and nothing of the table that was not named."""
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE u (id int)")
+    assert await stat(db, "public.t", "last_vacuum") is None
+    assert await stat(db, "public.t", "last_analyze") is None
+
+    run = await QueryOptimizer(db_pool).vacuum(["t"])
+
+    assert run.operation == "vacuum"
+    assert outcomes(run) == [("public.t", "done")]
+    assert run.tables[0].statement == "VACUUM (ANALYZE) public.t"
+    assert run.tables[0].detail is None
+    assert run.started_at.tzinfo is not None
+    await wait_for_stat(db, "public.t", "last_vacuum")
+    await wait_for_stat(db, "public.t", "last_analyze")
+    assert await stat(db, "public.u", "last_vacuum") is None
+    assert await stat(db, "public.u", "last_analyze") is None
+    assert await advisory_lock_is_free(db)
+
+
+async def test_vacuum_without_analyze_is_plain_vacuum(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """vacuum(analyze=False) runs ``VACUUM public.t``: a vacuum is recorded, no analyze."""
+    await db.execute("CREATE TABLE t (id int)")
+
+    run = await QueryOptimizer(db_pool).vacuum(["t"], analyze=False)
+
+    assert [table.statement for table in run.tables] == ["VACUUM public.t"]
+    await wait_for_stat(db, "public.t", "last_vacuum")
+    assert await stat(db, "public.t", "last_analyze") is None
+
+
+async def test_analyze_moves_last_analyze_and_does_not_vacuum(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """analyze(["t"]) runs ``ANALYZE public.t``: last_analyze is set, last_vacuum not."""
+    await db.execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
+
+    run = await QueryOptimizer(db_pool).analyze(["t"])
+
+    assert run.operation == "analyze"
+    assert outcomes(run) == [("public.t", "done")]
+    assert run.tables[0].statement == "ANALYZE public.t"
+    await wait_for_stat(db, "public.t", "last_analyze")
+    assert await stat(db, "public.t", "last_vacuum") is None
+    assert await db.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 't'") == 1
+
+
+async def test_by_default_every_table_of_every_schema_gets_one_statement(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """vacuum() with no tables covers every table of the database, in a second schema
+    too and with a name that needs quoting, one statement per table, each recorded."""
+    await db.execute(
+        'CREATE TABLE t (id int); CREATE TABLE u (id int); CREATE TABLE "Mixed Case" (id int);'
+        " CREATE SCHEMA other; CREATE TABLE other.w (id int)"
+    )
+    tables = ["other.w", 'public."Mixed Case"', "public.t", "public.u"]
+
+    assert sorted(await QueryOptimizer(db_pool).tables()) == tables
+    run = await QueryOptimizer(db_pool).vacuum()
+
+    assert sorted(table.table for table in run.tables) == tables
+    assert sorted(table.statement for table in run.tables) == [
+        f"VACUUM (ANALYZE) {table}" for table in tables
+    ]
+    assert {table.outcome for table in run.tables} == {"done"}
+    for table in tables:
+        await wait_for_stat(db, table, "last_vacuum")
+
+
+async def test_names_short_or_qualified_each_run_once_quoted_by_the_server(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """``t`` and ``public.t`` are the same table (one statement); ``Mixed Case`` and
+    ``other.w`` are accepted as written and reach SQL quoted by PostgreSQL."""
+    await db.execute(
+        'CREATE TABLE t (id int); CREATE TABLE "Mixed Case" (id int);'
+        " CREATE SCHEMA other; CREATE TABLE other.w (id int)"
+    )
+
+    run = await QueryOptimizer(db_pool).analyze(["t", "public.t", "Mixed Case", "other.w"])
+
+    assert [table.statement for table in run.tables] == [
+        "ANALYZE public.t",
+        'ANALYZE public."Mixed Case"',
+        "ANALYZE other.w",
+    ]
+    await wait_for_stat(db, 'public."Mixed Case"', "last_analyze")
+
+
+async def test_a_short_name_means_the_table_the_search_path_finds_first(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """With ``search_path = zeta, public`` and a table t in both, ``t`` in SQL is zeta.t;
+    maintenance of ``t`` must mean the same table, not the alphabetically first one."""
+    await db.execute(
+        "CREATE SCHEMA zeta; CREATE TABLE zeta.t (id int); CREATE TABLE public.t (id int);"
+        f' ALTER DATABASE "{db.name}" SET search_path = zeta, public'
+    )
+    async with ConnectionPool(db.url, pool_size=1, max_overflow=0) as pool:
+        async with pool.connection() as conn:
+            meant = (await conn.exec_driver_sql("SELECT 't'::regclass::oid")).scalar_one()
+        assert meant == await db.fetchval("SELECT 'zeta.t'::regclass::oid")
+
+        run = await QueryOptimizer(pool).vacuum(["t"])
+
+    assert [table.statement for table in run.tables] == ["VACUUM (ANALYZE) zeta.t"]
+    await wait_for_stat(db, "zeta.t", "last_vacuum")
+    assert await stat(db, "public.t", "last_vacuum") is None
+
+
+async def test_other_sessions_temporary_tables_are_not_the_databases_own(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """A temporary table of another session is neither listed nor accepted by name:
+    PostgreSQL silently skips it (so "done" would be untrue), and it vanishes with
+    its session, possibly in the middle of a run."""
+    await db.execute("CREATE TABLE t (id int)")
+    other = await db.connect()
+    try:
+        await other.execute("CREATE TEMPORARY TABLE scratch (id int)")
+        schema = await other.fetchval(
+            "SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()"
+        )
+        optimizer = QueryOptimizer(db_pool)
+
+        assert await optimizer.tables() == ["public.t"]
+        assert outcomes(await optimizer.vacuum()) == [("public.t", "done")]
+        with pytest.raises(UnknownTable):
+            await optimizer.vacuum([f"{schema}.scratch"])
+    finally:
+        await other.close()
+
+
+# --- never inside a transaction -----------------------------------------------------------
+
+
+async def test_vacuum_runs_outside_any_transaction_and_leaves_none_open(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """VACUUM raises "cannot run inside a transaction block" in one, so "done" proves
+    there was none; afterwards each pooled session is idle, not idle in a transaction."""
+    await db.execute("CREATE TABLE t (id int)")
+
+    run = await QueryOptimizer(db_pool).vacuum(["t"])
+
+    assert outcomes(run) == [("public.t", "done")]
+    await wait_for_stat(db, "public.t", "last_vacuum")
+    states = await db.fetchval(
+        "SELECT array_agg(state) FROM pg_stat_activity"
+        " WHERE datname = $1 AND application_name = 'service'",
+        db.name,
+    )
+    assert states, "no pooled session found"
+    assert set(states) == {"idle"}, states
+
+
+async def test_the_callers_own_open_transaction_does_not_matter(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """Maintenance called while the caller holds an open transaction (on another pooled
+    connection, with an uncommitted write to t) runs on a connection of its own, and
+    the caller's transaction still commits."""
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE u (id int)")
+
+    async with db_pool.transaction() as conn:
+        await conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        run = await QueryOptimizer(db_pool).vacuum(["t", "u"])
+
+    assert outcomes(run) == [("public.t", "done"), ("public.u", "done")]
+    await wait_for_stat(db, "public.t", "last_vacuum")
+    await wait_for_stat(db, "public.u", "last_vacuum")
+    assert await db.fetchval("SELECT count(*) FROM t") == 1
+
+
+# --- one maintainer at a time -------------------------------------------------------------
+
+
+async def test_a_held_advisory_lock_refuses_maintenance_at_once(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """While another session holds the advisory lock, maintain() raises
+    MaintenanceRunning well within lock_timeout and runs nothing; once it is released,
+    the same call runs."""
+    await db.execute("CREATE TABLE t (id int)")
+    optimizer = QueryOptimizer(db_pool, lock_timeout=5.0)
+
+    async with advisory_lock_held(db) as release:
+        started = time.perf_counter()
+        with pytest.raises(MaintenanceRunning, match="already running"):
+            await optimizer.vacuum(["t"])
+        assert time.perf_counter() - started < 1.0
+        assert await stat(db, "public.t", "last_vacuum") is None
+        await release()
+
+        run = await optimizer.vacuum(["t"])
+
+    assert outcomes(run) == [("public.t", "done")]
+    await wait_for_stat(db, "public.t", "last_vacuum")
+    assert await advisory_lock_is_free(db)
+
+
+async def test_http_maintenance_is_409_while_another_caller_maintains(
+    make_client: ClientFactory, migrated_db: Database
+) -> None:
+    """POST /admin/db/maintenance answers 409 maintenance-running while the lock is
+    held elsewhere (nothing vacuumed), and 200 once it is released."""
+    order = {"operation": "vacuum", "tables": ["results"]}
+    async with (
+        make_client(database_url=migrated_db.url, admin_token=TOKEN) as client,
+        advisory_lock_held(migrated_db) as release,
+    ):
+        refused = await client.post(MAINTENANCE, headers=AUTH, json=order)
+        assert_problem(refused, 409, "maintenance-running")
+        assert await stat(migrated_db, "public.results", "last_vacuum") is None
+        await release()
+        accepted = await client.post(MAINTENANCE, headers=AUTH, json=order)
+    assert accepted.status_code == 200, accepted.text
+    await wait_for_stat(migrated_db, "public.results", "last_vacuum")
+
+
+async def test_two_concurrent_calls_one_runs_and_the_other_is_refused(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """vacuum and analyze started together while t is locked by someone else: one takes
+    the advisory lock and waits for t, the other is refused at once; when t is free
+    the first finishes its work."""
+    await db.execute("CREATE TABLE t (id int)")
+    optimizer = QueryOptimizer(db_pool, lock_timeout=5.0)
+
+    async with locked(db, "t") as holder:
+        calls = [
+            asyncio.create_task(optimizer.vacuum(["t"])),
+            asyncio.create_task(optimizer.analyze(["t"])),
+        ]
+        try:
+            done, pending = await asyncio.wait(
+                calls, timeout=STATS_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            await wait_until_blocked(db)
+        finally:
+            await holder.execute("COMMIT")
+            results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert (len(done), len(pending)) == (1, 1)
+    refused = results[calls.index(done.pop())]
+    assert isinstance(refused, MaintenanceRunning), refused
+    ran = results[calls.index(pending.pop())]
+    assert isinstance(ran, MaintenanceRun), ran
+    assert outcomes(ran) == [("public.t", "done")]
+    column: Column = "last_vacuum" if ran.operation == "vacuum" else "last_analyze"
+    await wait_for_stat(db, "public.t", column)
+    assert await advisory_lock_is_free(db)
+
+
+async def test_the_advisory_lock_is_released_when_a_run_fails(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """A run refused after taking the lock (an unknown table is found out under it)
+    gives the lock back, as does a successful one: another session can take it."""
+    await db.execute("CREATE TABLE t (id int)")
+    optimizer = QueryOptimizer(db_pool)
+
+    with pytest.raises(UnknownTable):
+        await optimizer.analyze(["nope"])
+    assert await advisory_lock_is_free(db)
+    await optimizer.analyze(["t"])
+    assert await advisory_lock_is_free(db)
+
+
+# --- table names are looked up, never pasted ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        HOSTILE,
+        "y; DROP TABLE y",
+        "pg_catalog.pg_class",
+        "pg_class",
+        "information_schema.tables",
+        '"y"',
+        "public.y.x",
+    ],
+)
+async def test_a_name_that_is_not_one_of_the_tables_is_refused_before_anything_runs(
+    db: Database, db_pool: ConnectionPool, name: str
+) -> None:
+    """vacuum(["t", name]) raises UnknownTable naming it; y still exists and neither t
+    (listed first) nor y nor pg_class were vacuumed or analyzed."""
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE y (id int)")
+
+    with pytest.raises(UnknownTable, match="not a table of this database"):
+        await QueryOptimizer(db_pool).vacuum(["t", name])
+
+    assert await db.fetchval("SELECT to_regclass('public.y') IS NOT NULL")
+    for table in ("public.t", "public.y", "pg_catalog.pg_class"):
+        assert await stat(db, table, "last_vacuum") is None, table
+        assert await stat(db, table, "last_analyze") is None, table
+    assert await advisory_lock_is_free(db)
+
+
+async def test_an_unknown_operation_or_an_empty_name_is_refused(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """maintain("full") is InvalidOperation, an empty table name UnknownTable."""
+    optimizer = QueryOptimizer(db_pool)
+    with pytest.raises(InvalidOperation):
+        await optimizer.maintain("full")
+    with pytest.raises(UnknownTable):
+        await optimizer.maintain("analyze", [""])
+
+
+@pytest.mark.parametrize("name", [HOSTILE, "pg_catalog.pg_class"])
+async def test_http_refuses_a_hostile_table_name_with_422(
+    make_client: ClientFactory, migrated_db: Database, name: str
+) -> None:
+    """The endpoint answers 422 and the table named inside the hostile string survives."""
+    await migrated_db.execute("CREATE TABLE y (id int)")
+    order = {"operation": "vacuum", "tables": ["results", name]}
+    async with make_client(database_url=migrated_db.url, admin_token=TOKEN) as client:
+        response = await client.post(MAINTENANCE, headers=AUTH, json=order)
+    body = assert_problem(response, 422, "invalid-request")
+    assert "not a table" in body["detail"]
+    assert await migrated_db.fetchval("SELECT to_regclass('public.y') IS NOT NULL")
+    assert await stat(migrated_db, "public.results", "last_vacuum") is None
+
+
+# --- lock_timeout and statement_timeout ---------------------------------------------------
+
+
+async def pooled_session(pool: ConnectionPool) -> tuple[int, str, str]:
+    """(backend pid, lock_timeout, statement_timeout) of a pooled connection."""
+    async with pool.connection() as conn:
+        row = tuple(
+            (
+                await conn.exec_driver_sql(
+                    "SELECT pg_backend_pid(), current_setting('lock_timeout'),"
+                    " current_setting('statement_timeout')"
+                )
+            ).one()
+        )
+    return int(row[0]), str(row[1]), str(row[2])
+
+
+async def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(
+    db: Database,
+) -> None:
+    """With t held ACCESS EXCLUSIVE elsewhere, vacuum(["t", "u"]) at lock_timeout=0.2
+    skips t (saying why) and vacuums u, in well under the default 5 s; the pooled
+    connection it used (the pool's only one) has its timeouts reset afterwards."""
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE u (id int)")
+    async with ConnectionPool(db.url, pool_size=1, max_overflow=0) as pool:
+        before = await pooled_session(pool)
+        async with locked(db, "t"):
+            started = time.perf_counter()
+            optimizer = QueryOptimizer(pool, lock_timeout=0.2)
+            run = await asyncio.wait_for(optimizer.vacuum(["t", "u"]), STATS_TIMEOUT)
+            elapsed = time.perf_counter() - started
+        after = await pooled_session(pool)
+
+    assert outcomes(run) == [("public.t", "skipped"), ("public.u", "done")]
+    assert run.tables[0].detail == "its lock was not granted within 0.2 s"
+    assert 0.15 <= run.tables[0].seconds < 2.0
+    assert elapsed < 2.0
+    assert await stat(db, "public.t", "last_vacuum") is None
+    await wait_for_stat(db, "public.u", "last_vacuum")
+    assert before == after
+    assert after[1:] == ("0", "30s")  # the server default, and the pool's own
+    assert await advisory_lock_is_free(db)
+
+
+async def test_statement_timeout_cancels_a_statement_and_the_run_goes_on(
+    db: Database,
+) -> None:
+    """statement_timeout counts time spent waiting for a lock, which makes it
+    deterministic: with t held elsewhere, lock_timeout=5 and statement_timeout=0.2,
+    t's VACUUM is cancelled at 0.2 s ("timed out"), u is still vacuumed, and the
+    session's timeouts are reset afterwards.
+
+    (A VACUUM of a big table racing a 50 ms limit may or may not finish in time, so
+    it is not tested that way.)
+    """
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE u (id int)")
+    async with ConnectionPool(db.url, pool_size=1, max_overflow=0) as pool:
+        optimizer = QueryOptimizer(pool, lock_timeout=5.0, statement_timeout=0.2)
+        async with locked(db, "t"):
+            started = time.perf_counter()
+            run = await asyncio.wait_for(optimizer.vacuum(["t", "u"]), STATS_TIMEOUT)
+            elapsed = time.perf_counter() - started
+        after = await pooled_session(pool)
+
+    assert outcomes(run) == [("public.t", "timed out"), ("public.u", "done")]
+    assert run.tables[0].detail == "it ran past 0.2 s and was cancelled"
+    assert elapsed < 2.0
+    assert await stat(db, "public.t", "last_vacuum") is None
+    await wait_for_stat(db, "public.u", "last_vacuum")
+    assert after[1:] == ("0", "30s")
+    assert await advisory_lock_is_free(db)
+
+
+async def test_a_table_dropped_during_the_run_is_skipped_and_the_run_goes_on(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """Tables are resolved once, then run one by one; one dropped in between (here
+    while the run waits for t) is skipped as gone, not a crash of the whole run that
+    leaves the tables after it unmaintained."""
+    await db.execute("CREATE TABLE t (id int); CREATE TABLE u (id int); CREATE TABLE w (id int)")
+    optimizer = QueryOptimizer(db_pool, lock_timeout=5.0)
+
+    async with locked(db, "t") as holder:
+        task = asyncio.create_task(optimizer.vacuum(["t", "u", "w"]))
+        try:
+            await wait_until_blocked(db)
+            await holder.execute("DROP TABLE u")
+        finally:
+            await holder.execute("COMMIT")
+            run = await task
+
+    assert outcomes(run) == [("public.t", "done"), ("public.u", "skipped"), ("public.w", "done")]
+    assert "no longer exists" in (run.tables[1].detail or "")
+    await wait_for_stat(db, "public.w", "last_vacuum")
+    assert await advisory_lock_is_free(db)
+
+
+# --- admin endpoints ----------------------------------------------------------------------
+
+
+async def test_db_admin_routes_do_not_exist_without_a_token(
+    make_client: ClientFactory, shared_db: Database
+) -> None:
+    """Without ADMIN_TOKEN both routes are 404, whatever the request carries."""
+    async with make_client(database_url=shared_db.url) as client:
+        assert_problem(await client.get(REPORT, headers=AUTH), 404)
+        order = {"operation": "analyze"}
+        assert_problem(await client.post(MAINTENANCE, headers=AUTH, json=order), 404)
+
+
+async def test_db_admin_routes_need_the_admin_token(
+    make_client: ClientFactory, shared_db: Database
+) -> None:
+    """No Authorization: 401 with WWW-Authenticate: Bearer; a wrong token: 403."""
+    order = {"operation": "analyze"}
+    async with make_client(database_url=shared_db.url, admin_token=TOKEN) as client:
+        wrong = {"authorization": f"Bearer {TOKEN}x"}
+        for response, status in [
+            (await client.get(REPORT), 401),
+            (await client.post(MAINTENANCE, json=order), 401),
+            (await client.get(REPORT, headers=wrong), 403),
+            (await client.post(MAINTENANCE, headers=wrong, json=order), 403),
+        ]:
+            assert_problem(response, status)
+            if status == 401:
+                assert response.headers["www-authenticate"].startswith("Bearer")
+            assert TOKEN not in response.text
+
+
+async def test_http_report_is_json_with_checks(
+    make_client: ClientFactory, shared_db: Database
+) -> None:
+    """GET /admin/db/report is the report as JSON: dialect, database, every check."""
+    async with make_client(database_url=shared_db.url, admin_token=TOKEN) as client:
+        response = await client.get(REPORT, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["dialect"] == "postgresql"
+    assert body["database"] == shared_db.name
+    names = {check["name"] for check in body["checks"]}
+    assert {"unused_indexes", "duplicate_indexes", "invalid_indexes"} <= names
+
+
+async def test_http_vacuum_of_results_runs_and_answers_the_run(
+    make_client: ClientFactory, migrated_db: Database
+) -> None:
+    """POST {"operation": "vacuum", "tables": ["results"]} is 200 with the run as JSON,
+    and PostgreSQL records the vacuum of public.results."""
+    order = {"operation": "vacuum", "tables": ["results"]}
+    async with make_client(database_url=migrated_db.url, admin_token=TOKEN) as client:
+        response = await client.post(MAINTENANCE, headers=AUTH, json=order)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["operation"] == "vacuum"
+    assert datetime.fromisoformat(body["started_at"]).tzinfo is not None
+    assert body["seconds"] >= 0
+    assert len(body["tables"]) == 1
+    assert body["tables"][0]["statement"] == "VACUUM (ANALYZE) public.results"
+    assert body["tables"][0]["outcome"] == "done"
+    await wait_for_stat(migrated_db, "public.results", "last_vacuum")
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b"{not json", 400),
+        (b"[]", 422),
+        (b"{}", 422),
+        (b'{"operation": "full"}', 422),
+        (b'{"operation": "vacuum", "full": true}', 422),
+        (b'{"operation": "vacuum", "tables": "results"}', 422),
+        (b'{"operation": "vacuum", "tables": [""]}', 422),
+        (b'{"operation": "vacuum", "tables": [5]}', 422),
+        (b'{"operation": "vacuum", "tables": ["nope"]}', 422),
+    ],
+)
+async def test_bad_maintenance_orders_are_problems(
+    make_client: ClientFactory, shared_db: Database, content: bytes, status: int
+) -> None:
+    """Malformed JSON is 400, any other order the endpoint cannot run 422."""
+    headers = {**AUTH, "content-type": "application/json"}
+    async with make_client(database_url=shared_db.url, admin_token=TOKEN) as client:
+        response = await client.post(MAINTENANCE, headers=headers, content=content)
+    assert_problem(response, status, "malformed-json" if status == 400 else "invalid-request")
+
+
+async def test_maintenance_needs_a_json_body(
+    make_client: ClientFactory, shared_db: Database
+) -> None:
+    """A body that is not application/json is 415."""
+    headers = {**AUTH, "content-type": "text/plain"}
+    content = b'{"operation": "analyze"}'
+    async with make_client(database_url=shared_db.url, admin_token=TOKEN) as client:
+        response = await client.post(MAINTENANCE, headers=headers, content=content)
+    assert_problem(response, 415)
+
+
+async def test_sqlite_analyze_over_http_and_its_report(
+    make_client: ClientFactory, sqlite_url: str
+) -> None:
+    """On the embedded SQLite database: the report says dialect sqlite and "never
+    analyzed"; POST analyze runs ANALYZE per table then PRAGMA optimize, after which
+    the report no longer says so; a table that does not exist is 422."""
+    async with make_client(database_url=sqlite_url, admin_token=TOKEN) as client:
+        before = await client.get(REPORT, headers=AUTH)
+        order = {"operation": "analyze", "tables": ["results"]}
+        response = await client.post(MAINTENANCE, headers=AUTH, json=order)
+        after = await client.get(REPORT, headers=AUTH)
+        unknown = await client.post(
+            MAINTENANCE, headers=AUTH, json={"operation": "analyze", "tables": ["nope"]}
+        )
+
+    def details(report: httpx.Response) -> list[str]:
+        assert report.status_code == 200, report.text
+        body = report.json()
+        assert body["dialect"] == "sqlite"
+        return [finding["detail"] for check in body["checks"] for finding in check["findings"]]
+
+    assert any("never analyzed" in detail for detail in details(before))
+    assert response.status_code == 200, response.text
+    assert [(t["statement"], t["outcome"]) for t in response.json()["tables"]] == [
+        ('ANALYZE "results"', "done"),
+        ("PRAGMA optimize", "done"),
+    ]
+    assert not any("never analyzed" in detail for detail in details(after))
+    assert_problem(unknown, 422, "invalid-request")
+
+
+# --- service db ... -----------------------------------------------------------------------
+
+
+async def test_cli_db_report_prints_a_table_or_json(shared_db: Database) -> None:
+    """``service db report`` prints the readable table, ``--json`` the report as JSON."""
+    env = {"DATABASE_URL": shared_db.url}
+    (status, out, err), (json_status, json_out, json_err) = await asyncio.gather(
+        run_cli("db", "report", env=env), run_cli("db", "report", "--json", env=env)
+    )
+    assert status == 0, err
+    assert "Unused indexes" in out
+    assert f"database {shared_db.name} (postgresql" in out
+    assert json_status == 0, json_err
+    report = json.loads(json_out)
+    assert report["database"] == shared_db.name
+    assert "unused_indexes" in {check["name"] for check in report["checks"]}
+
+
+async def test_cli_db_maintain_vacuums_the_named_table(migrated_db: Database) -> None:
+    """``service db maintain --vacuum --table results`` exits 0, prints the statement,
+    and PostgreSQL records the vacuum."""
+    status, out, err = await run_cli(
+        "db", "maintain", "--vacuum", "--table", "results", env={"DATABASE_URL": migrated_db.url}
+    )
+    assert status == 0, err
+    assert "VACUUM (ANALYZE) public.results" in out
+    assert out.splitlines()[0].startswith("done")
+    assert out.splitlines()[-1].startswith("vacuum: 1 statements in ")
+    await wait_for_stat(migrated_db, "public.results", "last_vacuum")
+
+
+async def test_cli_db_maintain_failures_exit_1_with_the_reason(shared_db: Database) -> None:
+    """An unknown table, or another caller holding the lock, is exit 1 with a one-line
+    message on stderr and no traceback."""
+    env = {"DATABASE_URL": shared_db.url}
+    status, out, err = await run_cli("db", "maintain", "--analyze", "--table", "nope", env=env)
+    assert status == 1, (out, err)
+    assert out == ""
+    assert "not a table" in err
+    assert "Traceback" not in err
+
+    async with advisory_lock_held(shared_db):
+        status, out, err = await run_cli("db", "maintain", "--analyze", env=env)
+    assert status == 1, (out, err)
+    assert "already running" in err
+    assert "Traceback" not in err
+
+
+async def test_cli_db_maintain_needs_analyze_or_vacuum(shared_db: Database) -> None:
+    """``service db maintain`` without --analyze or --vacuum is a usage error: exit 2."""
+    status, out, err = await run_cli("db", "maintain", env={"DATABASE_URL": shared_db.url})
+    assert status == 2, (out, err)
+    assert "one of the arguments --analyze --vacuum is required" in err
+
+
+# --- periodic maintenance -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("operation", "column"), [("analyze", "last_analyze"), ("vacuum", "last_vacuum")]
+)
+async def test_periodic_maintenance_runs_with_an_interval(
+    make_client: ClientFactory, migrated_db: Database, operation: str, column: Column
+) -> None:
+    """DB_MAINTENANCE_INTERVAL=0.2 makes the app run DB_MAINTENANCE_OPERATION by itself:
+    PostgreSQL records it on results within seconds; shutdown cancels the task and
+    leaves the advisory lock free."""
+    settings = {"db_maintenance_interval": 0.2, "db_maintenance_operation": operation}
+    async with make_client(database_url=migrated_db.url, **settings):
+        (task,) = periodic_tasks()
+        await wait_for_stat(migrated_db, "public.results", column)
+    assert task.done()
+    assert periodic_tasks() == []
+    assert await advisory_lock_is_free(migrated_db)
+
+
+async def test_no_periodic_maintenance_by_default(
+    make_client: ClientFactory, migrated_db: Database
+) -> None:
+    """With the default interval (0) no task is started and, over 1.5 s, nothing is
+    analyzed or vacuumed."""
+    async with make_client(database_url=migrated_db.url):
+        assert periodic_tasks() == []
+        await asyncio.sleep(1.5)  # long enough for several runs at the interval above
+    assert await stat(migrated_db, "public.results", "last_analyze") is None
+    assert await stat(migrated_db, "public.results", "last_vacuum") is None
+
+
+# --- apply() ------------------------------------------------------------------------------
+
+
+async def index_names(db: Database, table: str) -> set[str]:
+    names = await db.fetchval(
+        "SELECT array_agg(indexname::text) FROM pg_indexes WHERE tablename = $1", table
+    )
+    return set(names or ())
+
+
+async def test_apply_drops_exactly_the_unused_index_the_report_names(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """The report's finding for the unused index t_v_idx carries DROP INDEX CONCURRENTLY;
+    apply() runs it: that index is gone, the others (t_w_idx, the primary key) stay."""
+    await db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int, w int);"
+        " CREATE INDEX t_v_idx ON t (v); CREATE INDEX t_w_idx ON t (w)"
+    )
+    optimizer = QueryOptimizer(db_pool)
+    unused = (await optimizer.report()).check("unused_indexes").findings
+    finding = {f.subject: f for f in unused}["public.t_v_idx"]
+    assert finding.ddl == "DROP INDEX CONCURRENTLY public.t_v_idx;"
+
+    seconds = await optimizer.apply(finding)
+
+    assert seconds >= 0
+    assert await index_names(db, "t") == {"t_pkey", "t_w_idx"}
+    assert await advisory_lock_is_free(db)
+
+
+@pytest.mark.parametrize("ddl", [None, "", "DROP TABLE public.t;", "TRUNCATE public.t;"])
+async def test_apply_refuses_a_finding_without_applicable_ddl(
+    db: Database, db_pool: ConnectionPool, ddl: str | None
+) -> None:
+    """A finding whose fix is not a statement, or not one a report makes, is
+    OptimizerError and nothing runs."""
+    await db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    finding = Finding(subject="public.t", detail="d", recommendation="r", ddl=ddl)
+
+    with pytest.raises(OptimizerError, match=r"nothing to apply for public\.t"):
+        await QueryOptimizer(db_pool).apply(finding)
+
+    assert await db.fetchval("SELECT count(*) FROM t") == 1
