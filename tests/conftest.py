@@ -34,25 +34,39 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="session")
-async def pg_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test run, migrated, dropped afterwards."""
-    name = f"svc_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN_URL)
+@asynccontextmanager
+async def fresh_database(prefix: str, admin_dsn: str = ADMIN_URL) -> AsyncIterator[str]:
+    """``CREATE DATABASE <prefix>_<random>`` on the server of ``admin_dsn``; yields its
+    libpq DSN (for asyncpg); ``DROP DATABASE ... WITH (FORCE)`` afterwards, also on failure."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    url = f"{base}/{name}"
-    async with ConnectionPool(url) as pool:
-        await upgrade(pool)
-    yield url
-    admin = await asyncpg.connect(ADMIN_URL)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def service_url(dsn: str) -> str:
+    """The SQLAlchemy URL (asyncpg driver) of a libpq DSN."""
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test run, migrated, dropped afterwards."""
+    async with fresh_database("svc_test") as dsn:
+        url = service_url(dsn)
+        async with ConnectionPool(url) as pool:
+            await upgrade(pool)
+        yield url
 
 
 @pytest.fixture

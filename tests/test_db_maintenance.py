@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from service.db.optimization import ADVISORY_LOCK_KEY, MaintenanceRun, QueryOpti
 from service.db.pool import ConnectionPool
 from service.db.report import Finding
 from service.errors import InvalidOperation, MaintenanceRunning, OptimizerError, UnknownTable
+from tests import conftest
 from tests._server import run_cli
 from tests.conftest import ADMIN_URL, ClientFactory
 
@@ -88,24 +88,13 @@ class Database:
 
 @asynccontextmanager
 async def fresh_database(*, migrated: bool) -> AsyncIterator[Database]:
-    """CREATE DATABASE svc_mnt_<random> (migrated if asked); DROP ... WITH (FORCE) after."""
-    db = Database(f"svc_mnt_{uuid.uuid4().hex[:10]}")
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{db.name}"')
-    finally:
-        await admin.close()
-    try:
+    """A database of its own (``svc_mnt_<random>``), migrated if asked; dropped after."""
+    async with conftest.fresh_database("svc_mnt") as dsn:
+        db = Database(dsn.rsplit("/", 1)[1])
         if migrated:
             async with ConnectionPool(db.url) as pool:
                 await upgrade(pool)
         yield db
-    finally:
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def stat(db: Database, table: str, column: Column) -> datetime | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from service.db.migrations import upgrade
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
+from tests import conftest
 from tests._pgcluster import private_postgres
 from tests.conftest import ADMIN_URL
 
@@ -55,20 +55,8 @@ class Database:
 @asynccontextmanager
 async def fresh_database(admin_dsn: str) -> AsyncIterator[Database]:
     """A new, empty database on the server of ``admin_dsn``; dropped (FORCE) afterwards."""
-    name = f"svc_rep_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield Database(name, f"{admin_dsn.rsplit('/', 1)[0]}/{name}")
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with conftest.fresh_database("svc_rep", admin_dsn) as dsn:
+        yield Database(dsn.rsplit("/", 1)[1], dsn)
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ once as a custom plan and once as the generic plan a prepared statement may swit
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,7 +21,7 @@ from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 from service.db.schema import results
-from tests.conftest import ADMIN_URL
+from tests.conftest import fresh_database, service_url
 
 ROWS = 120_000
 VALUES = {
@@ -39,32 +37,18 @@ VALUES = {
 @pytest.fixture(scope="module")
 async def loaded() -> AsyncIterator[ConnectionPool]:
     """A fresh database with ROWS results, analyzed."""
-    name = f"svc_plans_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        async with ConnectionPool(f"{base}/{name}") as pool:
-            await upgrade(pool)
-            async with pool.connection() as conn:
-                await conn.exec_driver_sql(
-                    "INSERT INTO results (analysis_id, result, version, created_at, updated_at)"
-                    " SELECT 'r-' || lpad(i::text, 7, '0'),"
-                    " CASE WHEN i % 10 = 0 THEN NULL ELSE jsonb_build_object('n', i) END,"
-                    " 1, now(), now() FROM generate_series(1, $1::int) AS i",
-                    (ROWS,),
-                )
-                await conn.exec_driver_sql("ANALYZE results")
-            yield pool
-    finally:
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with fresh_database("svc_plans") as dsn, ConnectionPool(service_url(dsn)) as pool:
+        await upgrade(pool)
+        async with pool.connection() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO results (analysis_id, result, version, created_at, updated_at)"
+                " SELECT 'r-' || lpad(i::text, 7, '0'),"
+                " CASE WHEN i % 10 = 0 THEN NULL ELSE jsonb_build_object('n', i) END,"
+                " 1, now(), now() FROM generate_series(1, $1::int) AS i",
+                (ROWS,),
+            )
+            await conn.exec_driver_sql("ANALYZE results")
+        yield pool
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

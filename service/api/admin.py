@@ -76,12 +76,7 @@ async def cache_stats(request: Request) -> Response:
 async def cache_invalidate(request: Request) -> Response:
     """Drop ``{"analysis_id": ...}`` or a whole ``{"namespace": ...}`` from every tier."""
     results: ResultCache = request.state.results
-    require_json(request)
-    raw = await read_limited(request, MAX_ADMIN_BODY, "the admin body limit")
-    try:
-        order = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, f"malformed JSON: {exc}", slug="malformed-json") from None
+    order = await _json_body(request)
     if (
         not isinstance(order, dict)
         or len(order) != 1
@@ -122,12 +117,7 @@ async def db_maintenance(request: Request) -> Response:
     anything runs.
     """
     optimizer: QueryOptimizer = request.state.optimizer
-    require_json(request)
-    raw = await read_limited(request, MAX_ADMIN_BODY, "the admin body limit")
-    try:
-        order = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, f"malformed JSON: {exc}", slug="malformed-json") from None
+    order = await _json_body(request)
     if not isinstance(order, dict) or not order.keys() <= {"operation", "tables"}:
         raise Problem(
             422,
@@ -146,6 +136,16 @@ async def db_maintenance(request: Request) -> Response:
         raise Problem(422, "tables must be a list of table names", slug="invalid-request")
     run = await optimizer.maintain(operation, tables)  # 409 / 422 via problem_for
     return JSONResponse(run.as_dict())
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body: 415 unless JSON, 413 past MAX_ADMIN_BODY, 400 if malformed."""
+    require_json(request)
+    raw = await read_limited(request, MAX_ADMIN_BODY, "the admin body limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"malformed JSON: {exc}", slug="malformed-json") from None
 
 
 def _text(value: object, name: str) -> str:
