@@ -332,6 +332,21 @@ async def test_names_short_or_qualified_each_run_once_quoted_by_the_server(
     await wait_for_stat(db, 'public."Mixed Case"', "last_analyze")
 
 
+async def test_the_names_tables_returns_are_accepted_back(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """What tables() gives (quoted where SQL needs it) can be handed straight back."""
+    await db.execute('CREATE TABLE "Mixed Case" (id int); CREATE TABLE "we""ird" (id int)')
+    optimizer = QueryOptimizer(db_pool)
+
+    names = await optimizer.tables()
+    run = await optimizer.analyze(names)
+
+    assert [table.statement for table in run.tables] == [f"ANALYZE {name}" for name in names]
+    assert 'public."we""ird"' in names
+    assert {table.outcome for table in run.tables} == {"done"}
+
+
 async def test_a_short_name_means_the_table_the_search_path_finds_first(
     db: Database, db_pool: ConnectionPool
 ) -> None:

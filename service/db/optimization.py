@@ -303,6 +303,8 @@ class QueryOptimizer:
             visible = [row for row in found if row["position"] is not None]
             for row in sorted(visible, key=lambda row: row["position"]):
                 known.setdefault(row["short"], row["quoted"])
+        for row in found:  # what tables() returns is accepted back as it is
+            known.setdefault(row["quoted"], row["quoted"])
         if wanted is None:
             return list(dict.fromkeys(row["quoted"] for row in found))
         unknown = [name for name in wanted if name not in known]
