@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await cache.start()
                 async with contextlib.AsyncExitStack() as extras:
                     optimizer = QueryOptimizer.from_settings(settings, pool)
+                    monitor.watch_optimizer(optimizer)
                     if settings.db_maintenance_interval > 0:
                         await extras.enter_async_context(
                             _background(

@@ -506,6 +506,29 @@ async def test_compression_bytes_in_and_out(pg_url: str) -> None:
     assert bytes_in > bytes_out > 0
 
 
+async def test_maintenance_statements_are_counted_by_operation_and_outcome(
+    sqlite_url: str,
+) -> None:
+    token = "monitoring-admin-token-01"
+    async with running_app(database_url=sqlite_url, admin_token=token) as (client, _):
+        before = await scrape(client)
+        assert not has(
+            before, "db_maintenance_statements_total", operation="analyze", outcome="done"
+        )
+        response = await client.post(
+            "/admin/db/maintenance",
+            json={"operation": "analyze"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 200, response.text
+        ran = len(response.json()["tables"])
+        after = await scrape(client)
+
+    assert ran >= 2  # one ANALYZE per table, then PRAGMA optimize
+    labels = {"operation": "analyze", "outcome": "done"}
+    assert get(after, "db_maintenance_statements_total", **labels) == ran
+
+
 # 8. build_info.
 
 

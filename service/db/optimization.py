@@ -126,6 +126,8 @@ class QueryOptimizer:
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
         self.thresholds = thresholds or Thresholds()
+        self.statements: dict[tuple[str, str], int] = {}
+        """Maintenance statements run by this optimizer, by (operation, outcome)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, pool: ConnectionPool) -> QueryOptimizer:
@@ -186,6 +188,9 @@ class QueryOptimizer:
             time.perf_counter() - started,
             tuple(runs),
         )
+        for table_run in runs:
+            key = (operation, table_run.outcome)
+            self.statements[key] = self.statements.get(key, 0) + 1
         logger.info(
             "maintenance operation=%s tables=%d seconds=%.3f skipped=%d",
             operation,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from service.cache.manager import CacheManager
     from service.cache.results import ResultCache
     from service.core.compression import CompressionStats
+    from service.db.optimization import QueryOptimizer
     from service.db.pool import ConnectionPool
 
 LATENCY_BUCKETS: Final = (
@@ -105,6 +106,11 @@ class PerformanceMonitor:
         )
         self.compression_out = Counter(
             "compression_bytes_out_total", "Bytes after compression, by coding.", registry=r
+        )
+        self.maintenance = Counter(
+            "db_maintenance_statements_total",
+            "ANALYZE / VACUUM statements the optimizer ran, by operation and outcome.",
+            registry=r,
         )
         self.build_info = Gauge("build_info", "Version and runtime of this process.", registry=r)
         self._series: dict[tuple[str, ...], _Series] = {}
@@ -221,6 +227,16 @@ class PerformanceMonitor:
                 self.compression_out.set({"encoding": coding}, stats.bytes_out.get(coding, 0))
 
         self._readers["compression"] = read
+
+    def watch_optimizer(self, optimizer: QueryOptimizer) -> None:
+        """Expose the maintenance statements run, by operation and outcome (done,
+        skipped, timed out): a periodic task that keeps skipping shows here."""
+
+        def read() -> None:
+            for (operation, outcome), count in optimizer.statements.items():
+                self.maintenance.set({"operation": operation, "outcome": outcome}, count)
+
+        self._readers["optimizer"] = read
 
     # Exposition.
 
