@@ -421,8 +421,8 @@ async def cache_hit_ratio(conn: AsyncConnection, limits: Thresholds) -> Check:
     findings = []
     for row in found:
         hit, read = int(row["hit"] or 0), int(row["read"] or 0)
-        if hit + read == 0 or hit + read < limits.cache_min_blocks:
-            continue  # no block accessed (no index yet, say): no ratio to judge
+        if hit + read < max(limits.cache_min_blocks, 1):
+            continue  # too few block accesses (none, with no index yet): no ratio to judge
         ratio = hit / (hit + read)
         if ratio < limits.cache_hit_ratio:
             findings.append(
