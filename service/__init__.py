@@ -25,7 +25,7 @@ from service.cache import (
     ResultCache,
     ResultCacheStats,
 )
-from service.cache.encoded import EncodedResults
+from service.cache.local import LocalCache
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
 from service.db.diagnostics import Thresholds
@@ -73,11 +73,11 @@ __all__ = [
     "ConnectionPool",
     "DatabaseError",
     "DatabaseUnavailable",
-    "EncodedResults",
     "InvalidAnalysisId",
     "InvalidCacheArgument",
     "InvalidOperation",
     "InvalidResult",
+    "LocalCache",
     "MaintenanceRun",
     "MaintenanceRunning",
     "MalformedJSON",

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from service.api import admin, health, metrics, openapi, results
+from service.api.reads import HitPath
 from service.api.responses import Problem, handle_exception
 from service.cache.results import ResultCache
 from service.config import Settings
@@ -41,8 +42,11 @@ class State(TypedDict):
     optimizer: QueryOptimizer
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, hit_path: bool = True) -> Starlette:
     """The service as an ASGI app; ``settings`` default to :meth:`Settings.from_environ`.
+
+    ``hit_path=False`` sends every read through the framework: the reference that the
+    hit path (:class:`~service.api.reads.HitPath`) is tested against, byte for byte.
 
     Nothing is opened until the ASGI lifespan starts: then the pool is created, pending
     migrations are applied (``MIGRATE_ON_START``), the cache is opened and starts
@@ -106,20 +110,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [*results.routes, *health.routes, *admin.routes, *openapi.routes]
     if settings.metrics_port is None:
         routes += metrics.routes
+    middleware = [
+        # Outermost of ours: the time includes compression, the status is what is sent.
+        Middleware(MonitoringMiddleware, monitor=monitor, routes=routes),
+        # L1 hits of one result answered before the framework runs (same bytes).
+        Middleware(HitPath, encodings=settings.compression_encodings, stats=compression),
+        Middleware(
+            CompressionMiddleware,
+            encodings=settings.compression_encodings,
+            minimum_size=settings.compression_min_size,
+            levels=settings.compression_levels,
+            stats=compression,
+        ),
+    ]
+    if not hit_path:
+        del middleware[1]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            # Outermost of ours: the time includes compression, the status is what is sent.
-            Middleware(MonitoringMiddleware, monitor=monitor, routes=routes),
-            Middleware(
-                CompressionMiddleware,
-                encodings=settings.compression_encodings,
-                minimum_size=settings.compression_min_size,
-                levels=settings.compression_levels,
-                stats=compression,
-            ),
-        ],
+        middleware=middleware,
         exception_handlers={
             HTTPException: handle_exception,
             Problem: handle_exception,

@@ -76,7 +76,6 @@ class Settings:
     compression_zstd_level: int = DEFAULT_LEVELS[ZSTD]
     compression_br_level: int = DEFAULT_LEVELS[BR]
     compression_gzip_level: int = DEFAULT_LEVELS[GZIP]
-    encoded_max_bytes: int = 32 * MiB
     max_result_bytes: int = MiB
     admin_token: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
@@ -114,7 +113,6 @@ class Settings:
                 check_level(coding, level)
             except ValueError as exc:
                 raise ConfigurationError(f"COMPRESSION_{coding.upper()}_LEVEL", str(exc)) from None
-        _at_least("ENCODED_MAX_BYTES", self.encoded_max_bytes, 0)
         _at_least("MAX_RESULT_BYTES", self.max_result_bytes, 2)
         if not self.cache_prefix or ":" in self.cache_prefix:
             raise ConfigurationError("CACHE_PREFIX", "must be non-empty and hold no ':'")
@@ -201,7 +199,6 @@ class Settings:
             compression_zstd_level=read("COMPRESSION_ZSTD_LEVEL", _integer, DEFAULT_LEVELS[ZSTD]),
             compression_br_level=read("COMPRESSION_BR_LEVEL", _integer, DEFAULT_LEVELS[BR]),
             compression_gzip_level=read("COMPRESSION_GZIP_LEVEL", _integer, DEFAULT_LEVELS[GZIP]),
-            encoded_max_bytes=read("ENCODED_MAX_BYTES", _integer, 32 * MiB),
             max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
             admin_token=optional("ADMIN_TOKEN"),
             metrics_port=read("METRICS_PORT", _integer, None),

@@ -26,12 +26,11 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.codings import CODINGS, compress
+from service.core.codings import CODINGS, compress, encoded_etag
 from service.core.compression import (
     DEFAULT_CONTENT_TYPES,
     CompressionMiddleware,
     CompressionStats,
-    encoded_etag,
     strip_etag_codings,
 )
 
@@ -888,37 +887,59 @@ async def validating_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.mark.parametrize("coding", CODINGS)
 async def test_if_none_match_with_the_encoded_tag_is_304_with_that_tag(coding: str) -> None:
-    """The app sees "7", answers 304, and the 304 carries "7-<coding>" and Vary."""
+    """The app sees the tag as sent (not its own), answers 200; the layer, about to send
+    the bytes the client holds under that tag, answers 304 with the tag and Vary."""
     middleware = CompressionMiddleware(validating_app)
     first = await call(middleware, coding)
     tag = first.header("etag")
     assert tag == f'"7-{coding}"'
     sent = await call(middleware, coding, headers=[("if-none-match", tag)])
     assert sent.status == 304
-    assert sent.header("x-seen-if-none-match") == CURRENT
+    assert sent.header("x-seen-if-none-match") == tag
     assert sent.header("etag") == tag
     assert sent.header("vary") == "Accept-Encoding"
     assert sent.header("content-encoding") is None
     assert sent.body == b""
 
 
-async def test_if_none_match_list_is_stripped_tag_by_tag() -> None:
-    """Each tag of a list loses the negotiated coding's suffix, weak ones too."""
+async def test_if_none_match_list_is_compared_tag_by_tag_weakly() -> None:
+    """Any tag of a list may name the encoded representation, a weak one too."""
     middleware = CompressionMiddleware(validating_app)
     sent = await call(middleware, "br", headers=[("if-none-match", '"6-br", W/"7-br"')])
-    assert sent.header("x-seen-if-none-match") == '"6", W/"7"'
+    assert sent.header("x-seen-if-none-match") == '"6-br", W/"7-br"'
     assert sent.status == 304
     assert sent.header("etag") == '"7-br"'
 
 
 async def test_if_none_match_that_misses_gets_the_compressed_200() -> None:
-    """A stale tag: the app sees it stripped, misses, and the 200 is compressed."""
+    """A stale tag: neither the app nor the layer matches it; the 200 is compressed."""
     middleware = CompressionMiddleware(validating_app)
     sent = await call(middleware, "gzip", headers=[("if-none-match", '"6-gzip"')])
     assert sent.status == 200
-    assert sent.header("x-seen-if-none-match") == '"6"'
+    assert sent.header("x-seen-if-none-match") == '"6-gzip"'
     assert sent.header("etag") == '"7-gzip"'
     assert decode("gzip", sent.body) == document(100)
+
+
+async def streamed_tagged_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """A JSON stream in three chunks under the strong tag "7"."""
+    start = {"type": "http.response.start", "status": 200}
+    headers = [(b"content-type", b"application/json"), (b"etag", CURRENT.encode())]
+    await send({**start, "headers": headers})
+    for n in range(3):
+        await send({"type": "http.response.body", "body": document(100), "more_body": n < 2})
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("app", [validating_app, streamed_tagged_app], ids=["whole", "streamed"])
+async def test_the_encoded_tag_is_304_for_streams_and_head_too(method: str, app: ASGIApp) -> None:
+    middleware = CompressionMiddleware(app)
+    sent = await call(middleware, "br", method=method, headers=[("if-none-match", '"7-br"')])
+    assert sent.status == 304
+    assert sent.header("etag") == '"7-br"'
+    assert sent.header("content-length") is None
+    assert sent.body == b""
+    assert middleware.stats.streams_open == 0
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.cache.encoded import EncodedResults, level_for
 from service.config import Settings
 from service.core.codings import CODINGS, DEFAULT_LEVELS, compress
 from tests.conftest import ClientFactory, unique_id
@@ -64,14 +63,6 @@ async def put_result(client: httpx.AsyncClient) -> tuple[str, bytes]:
     assert response.headers["vary"] == "Accept-Encoding"
     assert json.loads(identity) == json.loads(data)  # stored in its own canonical form
     return path, identity
-
-
-async def encodings_made(client: httpx.AsyncClient) -> int:
-    """How many background encodings the service has made, from the admin stats."""
-    stats = await client.get("/admin/cache/stats", headers=ADMIN)
-    assert stats.status_code == 200, stats.text
-    made: int = stats.json()["results"]["encodings_made"]
-    return made
 
 
 @pytest.mark.parametrize("coding", CODINGS)
@@ -123,29 +114,42 @@ async def test_if_none_match_with_another_codings_tag_is_200(
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-async def test_repeated_reads_are_served_from_pre_encoded_bytes(
+async def test_one_tag_names_one_byte_sequence_on_every_read_and_replica(
     make_client: ClientFactory, pg_url: str, coding: str
 ) -> None:
-    """The first read is compressed inline (default level); it schedules one background
-    encoding at the best level within the budget, and later reads send those bytes."""
-    async with make_client(database_url=pg_url, admin_token=TOKEN) as client:
+    """RFC 9110 section 8.8.1: the bytes under "1-<coding>" never change. The first read
+    (which makes them), later L1 hits, and a second replica's first read all send
+    ``compress(coding, level, body)`` at the configured level."""
+    levels = {f"compression_{c}_level": level for c, level in DEFAULT_LEVELS.items()}
+    async with make_client(database_url=pg_url, **levels) as client:
         path, identity = await put_result(client)
-        assert await encodings_made(client) == 0
-        first, inline = await get_raw(client, path, coding)
-        assert first.headers["content-encoding"] == coding
-        assert inline == compress(coding, DEFAULT_LEVELS[coding], identity)
-        async with asyncio.timeout(2):
-            while await encodings_made(client) < 1:
-                await asyncio.sleep(0.02)
-        again, stored = await get_raw(client, path, coding)
-    level = level_for(coding, len(identity), EncodedResults(1).budget)
-    assert level != DEFAULT_LEVELS[coding], "the background level differs, so bytes tell"
-    assert stored == compress(coding, level, identity)
-    assert decode(coding, stored) == identity
-    assert again.headers["content-encoding"] == coding
-    assert again.headers["content-length"] == str(len(stored))
-    assert again.headers["etag"] == f'"1-{coding}"'
-    assert again.headers["vary"] == "Accept-Encoding"
+        sent = [await get_raw(client, path, coding) for _ in range(4)]
+    async with make_client(database_url=pg_url, **levels) as other:
+        sent.append(await get_raw(other, path, coding))
+    expected = compress(coding, DEFAULT_LEVELS[coding], identity)
+    for response, raw in sent:
+        assert response.headers["etag"] == f'"1-{coding}"'
+        assert response.headers["content-length"] == str(len(raw))
+        assert raw == expected
+    assert [r.headers["x-cache"] for r, _ in sent] == ["HIT"] * 4 + ["MISS"]
+
+
+async def test_a_range_request_gets_identity_after_the_encoded_bytes_exist(
+    make_client: ClientFactory, pg_url: str
+) -> None:
+    """Range turns compression off on every path, before and after the coded bytes are
+    made (the README promises identity for Range)."""
+    async with make_client(database_url=pg_url) as client:
+        path, identity = await put_result(client)
+        before, raw_before = await get_raw(client, path, "br", {"range": "bytes=0-9"})
+        coded, _ = await get_raw(client, path, "br")
+        assert coded.headers["content-encoding"] == "br"
+        after, raw_after = await get_raw(client, path, "br", {"range": "bytes=0-9"})
+    for response, raw in ((before, raw_before), (after, raw_after)):
+        assert response.status_code == 200
+        assert "content-encoding" not in response.headers
+        assert response.headers["etag"] == '"1"'
+        assert raw == identity
 
 
 def curl_features() -> set[str] | None:

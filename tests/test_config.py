@@ -28,7 +28,6 @@ def test_no_settings_at_all_means_embedded_sqlite_and_no_redis(
     assert settings.max_result_bytes == 1024 * 1024
     assert settings.compression_encodings == ("zstd", "br", "gzip")
     assert settings.compression_levels == {"zstd": 3, "br": 4, "gzip": 6}
-    assert settings.encoded_max_bytes == 32 * 1024 * 1024
     assert (settings.metrics_port, settings.metrics_host) == (None, "127.0.0.1")
 
 
@@ -61,7 +60,6 @@ def test_values_are_read_and_cast() -> None:
         COMPRESSION_ZSTD_LEVEL="19",
         COMPRESSION_BR_LEVEL="0",
         COMPRESSION_GZIP_LEVEL="9",
-        ENCODED_MAX_BYTES="0",
         DB_POOL_PRE_PING="off",
         LOG_LEVEL="DEBUG",
         REDIS_URL="rediss://cache:6380/0",
@@ -73,7 +71,6 @@ def test_values_are_read_and_cast() -> None:
     assert settings.result_ttl == 60
     assert settings.compression_encodings == ("gzip", "br")
     assert settings.compression_levels == {"zstd": 19, "br": 0, "gzip": 9}
-    assert settings.encoded_max_bytes == 0
     assert settings.db_pool_pre_ping is False
     assert settings.log_level == "debug"
     assert settings.redis_url == "rediss://cache:6380/0"
@@ -138,7 +135,6 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("COMPRESSION_BR_LEVEL", "12"),
         ("COMPRESSION_GZIP_LEVEL", "0"),
         ("COMPRESSION_GZIP_LEVEL", "fast"),
-        ("ENCODED_MAX_BYTES", "-1"),
         ("METRICS_PORT", "70000"),
         ("METRICS_PORT", "metrics"),
         ("CACHE_PREFIX", "a:b"),

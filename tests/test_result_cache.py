@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, event
 
 from service.cache.backends import MemoryBackend, RedisBackend
+from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
+from service.cache.ready import ReadyResult
 from service.cache.results import NAMESPACE, ResultCache
 from service.db.pool import ConnectionPool
 from service.db.results import Absent, ResultStore, StoredResult
@@ -69,20 +71,23 @@ async def pg_store(pool: ConnectionPool) -> ResultStore:
     return ResultStore(pool)
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "memory", "memory-l1"])
 async def results(
     request: pytest.FixtureRequest, pg_store: ResultStore
 ) -> AsyncIterator[ResultCache]:
-    """A ResultCache as the service builds it: L1 in front of Redis, or memory alone."""
+    """A ResultCache as the service builds it (L1 in front of Redis, or of process
+    memory), and as the SDK's default makes it (memory alone)."""
     prefix = unique_prefix()
     if request.param == "redis":
         cache = ResultCache(
             CacheManager(RedisBackend(REDIS_URL), prefix=prefix, default_ttl=3600),
             pg_store,
-            l1=MemoryBackend(8 * 1024 * 1024),
+            l1=LocalCache(8 * 1024 * 1024),
         )
     else:
-        cache = ResultCache(CacheManager(MemoryBackend(8 * 1024 * 1024), prefix=prefix), pg_store)
+        l1 = LocalCache[ReadyResult | Absent](8 << 20) if request.param == "memory-l1" else None
+        memory = CacheManager(MemoryBackend(8 * 1024 * 1024), prefix=prefix)
+        cache = ResultCache(memory, pg_store, l1=l1)
     async with cache:
         yield cache
         await cache.cache.aclose()
@@ -239,7 +244,7 @@ async def test_reads_never_see_a_version_older_than_an_acknowledged_write(
         while writes_left > 0:
             await results.cache.delete(rid, NAMESPACE)
             if results.l1 is not None:
-                results.l1.discard(f"{NAMESPACE}:{rid}")
+                results.l1.discard(rid)
             await asyncio.sleep(0.001)
 
     async with asyncio.timeout(120):

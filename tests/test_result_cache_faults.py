@@ -19,7 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.cache import entry
-from service.cache.backends import MemoryBackend, RedisBackend, leading_version
+from service.cache.backends import RedisBackend, leading_version
+from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.results import ResultCache
 from service.db.pool import ConnectionPool
@@ -139,7 +140,7 @@ async def test_the_listener_reconnects_and_forgets_l1_after_a_gap(
     """Invalidations sent while the listener was away are lost, so L1 must be emptied."""
     async with private_redis() as server:
         manager = CacheManager(RedisBackend(server.url, socket_timeout=0.2), prefix="gap")
-        results = ResultCache(manager, ResultStore(pool), l1=MemoryBackend(1 << 20))
+        results = ResultCache(manager, ResultStore(pool), l1=LocalCache(1 << 20))
         async with results:
             assert results.listener is not None
             assert results.listener.connected

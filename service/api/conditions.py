@@ -6,36 +6,12 @@ version names exactly one stored document.
 
 from __future__ import annotations
 
-import functools
-from datetime import datetime
-from email.utils import format_datetime, parsedate_to_datetime
-
 from service.api.responses import Problem
-from service.db.results import IfMatch, ResultMeta
+from service.db.results import IfMatch
 
 
 def _entity_tags(header: str) -> list[str]:
     return [tag.strip() for tag in header.split(",") if tag.strip()]
-
-
-def if_none_match_hits(header: str | None, meta: ResultMeta) -> bool:
-    """True when If-None-Match names the current version (weak comparison) or is ``*``."""
-    if header is None:
-        return False
-    return any(tag == "*" or tag.removeprefix("W/") == meta.etag for tag in _entity_tags(header))
-
-
-def not_modified_since(header: str | None, meta: ResultMeta) -> bool:
-    """True when If-Modified-Since is at or after the last change (to the second)."""
-    if header is None:
-        return False
-    try:
-        since = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return False  # an unparsable date is ignored, as RFC 9110 says
-    if since.tzinfo is None:
-        return False
-    return meta.updated_at.replace(microsecond=0) <= since
 
 
 def parse_if_match(header: str | None) -> IfMatch:
@@ -71,9 +47,3 @@ def parse_if_none_match_for_write(header: str | None) -> bool:
     if header.strip() == "*":
         return True
     raise Problem(400, "on PUT, If-None-Match supports only *", slug="bad-precondition")
-
-
-@functools.lru_cache(maxsize=4096)
-def http_date(moment: datetime) -> str:
-    """An IMF-fixdate for Last-Modified (memoized: a hot result sends the same one)."""
-    return format_datetime(moment, usegmt=True)

@@ -34,6 +34,16 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+class RawResponse(Response):
+    """A response whose header block was built beforehand: sent as it is, nothing added."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code = status
+        self.raw_headers = raw_headers
+        self.body = body
+        self.background = None
+
+
 class Problem(Exception):
     """Raised by a route to answer with a problem+json response."""
 

@@ -7,18 +7,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.body import read_limited, require_json
-from service.api.conditions import (
-    http_date,
-    if_none_match_hits,
-    not_modified_since,
-    parse_if_match,
-    parse_if_none_match_for_write,
-)
-from service.api.responses import JSONResponse, Problem
+from service.api.conditions import parse_if_match, parse_if_none_match_for_write
+from service.api.reads import ReadRequest, answer
+from service.api.responses import JSONResponse, Problem, RawResponse
+from service.cache.ready import ReadyResult
 from service.cache.results import ResultCache
 from service.config import Settings
-from service.core.compression import CompressionStats, encoded_etag
-from service.core.negotiation import IDENTITY, negotiate
+from service.core.validators import http_date
 from service.db.results import (
     MAX_PAGE_SIZE,
     ResultMeta,
@@ -65,42 +60,22 @@ async def _read(request: Request, analysis_id: str) -> Response:
             slug="result-not-found",
             headers={"X-Cache": "HIT" if read.hit else "MISS"},
         )
-    headers = _validators(stored.meta)
-    headers["X-Cache"] = "HIT" if read.hit else "MISS"
-    conditional = request.headers.get("if-none-match")
-    if if_none_match_hits(conditional, stored.meta) or (
-        conditional is None
-        and not_modified_since(request.headers.get("if-modified-since"), stored.meta)
-    ):
-        return Response(status_code=304, headers=headers)
-    body = stored.body
-    coding = _precompressible(request, len(body))
-    if coding is not None:
-        encoded = _results(request).encoded(stored, coding)
-        if encoded is not None:
-            # Bytes made once for this version: the compression layer passes them through.
-            headers["ETag"] = encoded_etag(headers["ETag"], coding)
-            headers["Content-Encoding"] = coding
-            headers["Vary"] = "Accept-Encoding"
-            stats: CompressionStats = request.state.compression
-            stats.record(coding, len(body), len(encoded))
-            stats.count_response(coding)
-            body = encoded
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(len(body))
-        return Response(b"", headers=headers, media_type="application/json")
-    return Response(body, headers=headers, media_type="application/json")
-
-
-def _precompressible(request: Request, size: int) -> str | None:
-    """The coding this read would be compressed with, or None for identity."""
     settings: Settings = request.state.settings
-    if size < settings.compression_min_size:
-        return None
-    if "no-transform" in request.headers.get("cache-control", "").lower():
-        return None
-    coding = negotiate(request.headers.get("accept-encoding"), settings.compression_encodings)
-    return None if coding is None or coding == IDENTITY else coding
+    # Without L1 the representation is made for this response alone.
+    ready = read.ready or ReadyResult(stored)
+    conditions = ReadRequest(request.scope["headers"])
+    coding = conditions.coding(settings.compression_encodings)
+    level = settings.compression_levels.get(coding, 0)
+    representation = await ready.make(coding, level, settings.compression_min_size)
+    status, headers, body = answer(
+        ready,
+        representation,
+        conditions,
+        head=request.method == "HEAD",
+        hit=read.hit,
+        stats=request.state.compression,
+    )
+    return RawResponse(status, headers, body)
 
 
 async def _write(request: Request, analysis_id: str) -> Response:

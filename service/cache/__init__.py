@@ -3,6 +3,7 @@ ResultCache built on it."""
 
 from service.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from service.cache.breaker import BreakerState, CircuitBreaker
+from service.cache.local import LocalCache
 from service.cache.manager import CacheManager, CacheStats
 from service.cache.results import CachedRead, ResultCache, ResultCacheStats
 
@@ -13,6 +14,7 @@ __all__ = [
     "CacheStats",
     "CachedRead",
     "CircuitBreaker",
+    "LocalCache",
     "MemoryBackend",
     "RedisBackend",
     "ResultCache",

@@ -5,8 +5,9 @@ shared backend (Redis, or process memory without REDIS_URL), in front of the sto
 
 What is promised, and how:
 
-* **A hit does no JSON work.** Entries hold the stored JSON text behind a short header
-  (:mod:`service.cache.entry`).
+* **A hit does no JSON work.** Shared entries hold the stored JSON text behind a short
+  header (:mod:`service.cache.entry`); the in-process tier holds each version as a
+  :class:`~service.cache.ready.ReadyResult`, the responses a read sends, built once.
 * **One database query per key per process under a stampede.** Everything after an L1
   miss (the Redis lookup and the database read) runs once per key as a *flight* that
   concurrent callers share.
@@ -19,9 +20,8 @@ What is promised, and how:
 * **Other replicas drop their L1 entry** when the write's pub/sub notice arrives (one
   round trip with the compare-and-set). Until then they may serve the previous version;
   if notices cannot arrive, for at most L1_TTL.
-* **Encoded bytes ready for hot reads.** With :class:`EncodedResults`, each version's
-  body in each coding clients ask for is compressed once, in the background, and
-  :meth:`ResultCache.encoded` hands it out afterwards (:mod:`service.cache.encoded`).
+* **Encoded bytes ready for hot reads.** A version's body in each coding clients ask
+  for is compressed once and kept with it in L1, charged to L1_MAX_BYTES.
 * **Fail-open.** With Redis unreachable, reads go to the store. A write whose version
   could not reach Redis leaves the id *unsynced*: this process reads it from the store
   (never from Redis, which may hold the old version) and repairs Redis in the
@@ -40,10 +40,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 from service.cache import entry
-from service.cache.backends import MemoryBackend, Notice, RedisBackend
-from service.cache.encoded import EncodedResults
+from service.cache.backends import Notice, RedisBackend
 from service.cache.invalidation import ALL, InvalidationListener
+from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
+from service.cache.ready import ReadyResult
 from service.config import Settings
 from service.db.results import (
     Absent,
@@ -68,6 +69,8 @@ MAX_WRITTEN = 100_000
 REPAIR_INTERVAL = 1.0
 
 Source = Literal["l1", "shared", "database"]
+L1 = LocalCache[ReadyResult | Absent]
+"""The in-process tier: each id's current version, ready to send, or its absence."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,8 @@ class CachedRead:
 
     found: StoredResult | Absent
     source: Source
+    ready: ReadyResult | None = None
+    """The version as L1 holds it (None when there is no L1 or it was not kept)."""
 
     @property
     def hit(self) -> bool:
@@ -102,10 +107,6 @@ class ResultCacheStats:
     """Ids whose latest version has yet to reach Redis."""
     listener: str
     """``connected``, ``disconnected``, or ``none`` without Redis or L1."""
-    encoded_entries: int
-    """Pre-encoded representations held (a version in one coding each)."""
-    encoded_bytes: int
-    encodings_made: int
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -130,9 +131,8 @@ class ResultCache:
         store: ResultStore | None = None,
         *,
         ttl: float | None = None,
-        l1: MemoryBackend | None = None,
+        l1: L1 | None = None,
         l1_ttl: float = 5.0,
-        encoded: EncodedResults | None = None,
     ) -> None:
         self._owns_cache = cache is None
         self.cache = cache or CacheManager.from_url(None, default_ttl=3600)
@@ -140,7 +140,6 @@ class ResultCache:
         self.ttl = ttl if ttl is not None else (self.cache.default_ttl or 3600.0)
         self.l1 = l1
         self.l1_ttl = l1_ttl
-        self.encoded_results = encoded
         self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
         # Notices say who sent them, so a replica skips its own (it already acted).
         self._sender = uuid.uuid4().hex[:12]
@@ -159,19 +158,11 @@ class ResultCache:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: ResultStore | None = None) -> ResultCache:
-        """The service's two tiers: L1 (only in front of Redis) and the shared backend."""
+        """The service's two tiers: L1 (unless L1_MAX_BYTES is 0) and the shared backend
+        (Redis, or this process's memory without REDIS_URL)."""
         cache = CacheManager.from_settings(settings)
-        # No L1 without Redis (the memory backend is then the only tier) or without room.
-        wanted = settings.redis_url and settings.l1_max_bytes > 0
-        l1 = MemoryBackend(settings.l1_max_bytes) if wanted else None
-        encoded = None
-        if settings.encoded_max_bytes > 0:
-            encoded = EncodedResults(
-                settings.encoded_max_bytes, minimum_size=settings.compression_min_size
-            )
-        results = cls(
-            cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl, encoded=encoded
-        )
+        l1: L1 | None = LocalCache(settings.l1_max_bytes) if settings.l1_max_bytes > 0 else None
+        results = cls(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
         results._owns_cache = True
         return results
 
@@ -194,8 +185,6 @@ class ResultCache:
             self._repair.cancel()
             await asyncio.gather(self._repair, return_exceptions=True)
             self._repair = None
-        if self.encoded_results is not None:
-            await self.encoded_results.aclose()
         if self._owns_cache:
             await self.cache.aclose()
 
@@ -211,10 +200,14 @@ class ResultCache:
     async def get_analysis_result(self, analysis_id: str) -> dict[str, Any] | None:
         """The cached document, or None when not cached (or cached as absent)."""
         validate_analysis_id(analysis_id)
-        raw = await self._l1_get(analysis_id)
-        if raw is None:
-            raw = await self.cache.get_raw(analysis_id, NAMESPACE)
-        found = _decode(analysis_id, raw)
+        local = self._l1_get(analysis_id)
+        found: StoredResult | Absent | None
+        if isinstance(local, ReadyResult):
+            found = local.stored
+        elif local is None:
+            found = _decode(analysis_id, await self.cache.get_raw(analysis_id, NAMESPACE))
+        else:
+            found = local
         return found.document() if isinstance(found, StoredResult) else None
 
     async def cache_analysis_result(
@@ -244,10 +237,12 @@ class ResultCache:
     async def get(self, analysis_id: str) -> CachedRead:
         """The current result (or its absence): from L1, the shared tier, or the store."""
         validate_analysis_id(analysis_id)
-        raw = await self._l1_get(analysis_id)
-        if raw is not None:
+        local = self._l1_get(analysis_id)
+        if local is not None:
             self._l1_hits += 1
-            return CachedRead(entry.decode(analysis_id, raw), "l1")
+            if isinstance(local, ReadyResult):
+                return CachedRead(local.stored, "l1", local)
+            return CachedRead(local, "l1")
         flight = self._flights.get(analysis_id)
         if flight is None:
             flight = asyncio.ensure_future(self._load(analysis_id))
@@ -299,19 +294,19 @@ class ResultCache:
         await self.cache.publish(self.channel, self._notice(analysis_id))
         return removed
 
-    def encoded(self, stored: StoredResult, coding: str) -> bytes | None:
-        """``stored``'s body in ``coding`` when already made (then no compression is needed).
+    def ready(self, analysis_id: str) -> ReadyResult | None:
+        """The current version as L1 holds it, or None; counts nothing (see
+        :meth:`count_l1_hit`). For the hit path: no validation, no await, so an id that
+        could not have been stored simply is not found."""
+        local = None if self.l1 is None else self.l1.get(analysis_id)
+        return local if isinstance(local, ReadyResult) else None
 
-        None without :class:`EncodedResults`, or until the background encoding that
-        this call schedules has finished.
-        """
-        if self.encoded_results is None:
-            return None
-        return self.encoded_results.get(stored, coding)
+    def count_l1_hit(self) -> None:
+        """Count a read answered from :meth:`ready` outside :meth:`get`."""
+        self._l1_hits += 1
 
     def stats(self) -> ResultCacheStats:
         l1 = self.l1
-        encoded = self.encoded_results
         if self._listener is None:
             listener = "none"
         else:
@@ -328,9 +323,6 @@ class ResultCache:
             l1_evictions=l1.evictions if l1 is not None else 0,
             unsynced=len(self._unsynced),
             listener=listener,
-            encoded_entries=len(encoded) if encoded is not None else 0,
-            encoded_bytes=encoded.size_bytes if encoded is not None else 0,
-            encodings_made=encoded.made if encoded is not None else 0,
         )
 
     # Internals.
@@ -343,22 +335,23 @@ class ResultCache:
             found = _decode(analysis_id, raw)
             if found is not None and self._current(found):
                 self._shared_hits += 1
+                ready = None
                 if self._flights.get(analysis_id) is me:
-                    self._l1_set(analysis_id, raw, found)
-                return CachedRead(found, "shared")
+                    ready = self._l1_set(analysis_id, found)
+                return CachedRead(found, "shared", ready)
         found = await self._store().read(analysis_id)
         self._loads += 1
+        ready = None
         if self._flights.get(analysis_id) is me:  # no write has ended this flight
             token = self._unsynced.get(analysis_id)
-            raw = entry.encode(found)
             written = await self.cache.set_if_newer(
-                analysis_id, raw, NAMESPACE, self._ttl_for(found, self.ttl)
+                analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, self.ttl)
             )
             if written is not None:
                 self._synced(analysis_id, token)
             if self._flights.get(analysis_id) is me:
-                self._l1_set(analysis_id, raw, found)
-        return CachedRead(found, "database")
+                ready = self._l1_set(analysis_id, found)
+        return CachedRead(found, "database", ready)
 
     def _land(self, analysis_id: str, flight: asyncio.Task[CachedRead]) -> None:
         if self._flights.get(analysis_id) is flight:
@@ -425,26 +418,32 @@ class ResultCache:
         """End any flight for the id (it fills nothing now) and forget its L1 entry."""
         self._flights.pop(analysis_id, None)
         if self.l1 is not None:
-            self.l1.discard(self._key(analysis_id))
+            self.l1.discard(analysis_id)
 
     def _drop_everything_local(self) -> None:
         self._flights.clear()
         if self.l1 is not None:
             self.l1.clear()
 
-    async def _l1_get(self, analysis_id: str) -> bytes | None:
-        return None if self.l1 is None else await self.l1.get(self._key(analysis_id))
+    def _l1_get(self, analysis_id: str) -> ReadyResult | Absent | None:
+        return None if self.l1 is None else self.l1.get(analysis_id)
 
-    def _l1_set(self, analysis_id: str, raw: bytes | None, found: StoredResult | Absent) -> None:
-        if self.l1 is None or raw is None:
-            return
+    def _l1_set(self, analysis_id: str, found: StoredResult | Absent) -> ReadyResult | None:
+        """Keep ``found`` in L1; the ReadyResult it became, if it is a result and was kept."""
+        l1 = self.l1
+        if l1 is None:
+            return None
         ttl = self.l1_ttl
-        if isinstance(found, Absent) and found.version == 0:
-            ttl = min(ttl, ABSENT_TTL)
-        self.l1.put(self._key(analysis_id), raw, ttl)
-
-    def _key(self, analysis_id: str) -> str:
-        return f"{NAMESPACE}:{analysis_id}"
+        if isinstance(found, Absent):
+            if found.version == 0:
+                ttl = min(ttl, ABSENT_TTL)
+            l1.put(analysis_id, found, 0, ttl)
+            return None
+        ready = ReadyResult(found)
+        if not l1.put(analysis_id, ready, ready.size, ttl):
+            return None
+        ready.on_grow = lambda extra: l1.charge(analysis_id, ready, extra)
+        return ready
 
     def _store(self) -> ResultStore:
         if self.store is None:

@@ -41,6 +41,14 @@ class StreamEncoder(Protocol):
         """Compress ``data`` and end the stream."""
 
 
+def encoded_etag(etag: str, coding: str) -> str:
+    """The ETag of the ``coding`` representation: strong tags suffixed (``"7"`` becomes
+    ``"7-br"``), weak and malformed ones kept, identity unchanged."""
+    if coding not in CODINGS or etag.startswith("W/") or not etag.endswith('"'):
+        return etag
+    return f'{etag[:-1]}-{coding}"'
+
+
 def check_level(coding: str, level: int) -> int:
     """``level`` if ``coding`` accepts it; ValueError naming the valid range otherwise."""
     allowed = LEVELS.get(coding)

@@ -27,10 +27,13 @@ What it promises, and the choices where HTTP leaves one open:
   on every response of a compressible type, compressed or not, and on 304.
   Content-Length is corrected or removed, Accept-Ranges removed. A strong ETag is
   suffixed per coding (``"7"`` becomes ``"7-br"``): each representation keeps a strong
-  tag of its own. The suffix is taken off If-Match, and off If-None-Match where it names
-  the coding negotiated for this request (another coding's tag does not validate this
-  representation), before the application sees them, so the application's own
-  validators keep working; it is put back on the 304 that answers them.
+  tag of its own, and the bytes under it are the same every time (the level is fixed).
+* **Conditional requests**: If-None-Match reaches the application as sent, so an
+  application that makes its own representations (the service's results) compares the
+  tags it really sends. When this layer encodes a response and the client's
+  If-None-Match names the encoded tag (weak comparison), the client already holds
+  those bytes: it gets a 304 instead. Coding suffixes are taken off If-Match, so a
+  write conditional on any representation's tag reaches the application's own version.
 * **Resources**: a stream's compressor is dropped when the response ends, fails, or the
   client goes away (the application is cancelled or raises); ``stats.streams_open``
   counts the ones alive.
@@ -56,9 +59,11 @@ from service.core.codings import (
     StreamEncoder,
     check_level,
     compress,
+    encoded_etag,
     stream_encoder,
 )
-from service.core.negotiation import IDENTITY, negotiate
+from service.core.negotiation import IDENTITY, choose_coding
+from service.core.validators import weak_match
 
 DEFAULT_CONTENT_TYPES: Final = (
     "text/*",
@@ -74,7 +79,6 @@ DEFAULT_CONTENT_TYPES: Final = (
 """Compressed by default; ``*/*+json`` covers problem+json, ``*/*+xml`` covers SVG."""
 
 _TAG_SUFFIX = re.compile(r"-(" + "|".join(CODINGS) + r')"')
-_TAG_CODINGS = {coding: re.compile(f'-{coding}"') for coding in CODINGS}
 _UNTOUCHED_STATUSES = frozenset({204, 206})
 
 
@@ -106,13 +110,6 @@ class CompressionStats:
             "responses": dict(self.responses),
             "streams_open": self.streams_open,
         }
-
-
-def encoded_etag(etag: str, coding: str) -> str:
-    """The ETag of the ``coding`` representation: strong tags suffixed, weak ones kept."""
-    if coding == IDENTITY or etag.startswith("W/") or not etag.endswith('"'):
-        return etag
-    return f'{etag[:-1]}-{coding}"'
 
 
 def strip_etag_codings(header: str) -> tuple[str, str | None]:
@@ -161,9 +158,9 @@ class CompressionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        accept: str | None = None
+        accept = if_none_match = None
         transform = True
-        validators = False
+        if_match = False
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
                 text = value.decode("latin-1")
@@ -172,13 +169,15 @@ class CompressionMiddleware:
                 transform = False
             elif name == b"cache-control":
                 transform = transform and b"no-transform" not in value.lower()
-            elif name in (b"if-none-match", b"if-match"):
-                validators = True
-        coding = (negotiate(accept, self.encodings) or IDENTITY) if transform else IDENTITY
-        client_tag_coding: str | None = None
-        if validators:
-            scope, client_tag_coding = _strip_validators(scope, coding)
-        responder = _Responder(self, scope, coding, client_tag_coding, send)
+            elif name == b"if-none-match":
+                text = value.decode("latin-1")
+                if_none_match = text if if_none_match is None else f"{if_none_match}, {text}"
+            elif name == b"if-match":
+                if_match = True
+        coding = choose_coding(accept, self.encodings, transform=transform)
+        if if_match:
+            scope = _strip_if_match(scope)
+        responder = _Responder(self, scope, coding, if_none_match, send)
         try:
             await self.app(scope, receive, responder.send)
         finally:
@@ -186,17 +185,17 @@ class CompressionMiddleware:
 
 
 # What a responder is doing with the response.
-_WAITING, _HOLDING, _PASSING, _STREAMING = range(4)
+_WAITING, _HOLDING, _PASSING, _STREAMING, _DISCARDING = range(5)
 
 
 class _Responder:
     """One response's way through the middleware (the ``send`` the app is given)."""
 
     __slots__ = (
-        "_client_tag",
         "_coding",
         "_encoder",
         "_head",
+        "_if_none_match",
         "_mw",
         "_send",
         "_start",
@@ -208,12 +207,12 @@ class _Responder:
         middleware: CompressionMiddleware,
         scope: Scope,
         coding: str,
-        client_tag_coding: str | None,
+        if_none_match: str | None,
         send: Send,
     ) -> None:
         self._mw = middleware
         self._coding = coding
-        self._client_tag = client_tag_coding
+        self._if_none_match = if_none_match
         self._send = send
         self._head = scope.get("method") == "HEAD"
         self._state = _WAITING
@@ -230,6 +229,8 @@ class _Responder:
         state = self._state
         if state == _PASSING:
             await self._send(message)
+        elif state == _DISCARDING:
+            return  # the body of a response turned into a 304
         elif state == _STREAMING:
             await self._stream(message)
         elif state == _HOLDING:
@@ -262,9 +263,6 @@ class _Responder:
             return
         if status == 304:
             headers = _with_vary(raw, has_vary)
-            etag = headers.get("etag")
-            if etag is not None and self._client_tag is not None:
-                headers["etag"] = encoded_etag(etag, self._client_tag)
             self._state = _PASSING
             await self._send({**message, "headers": headers.raw})
             return
@@ -280,8 +278,15 @@ class _Responder:
         elif self._head:
             self._mark_encoded(headers)
             del headers["content-length"]
+            if self._client_holds(headers):
+                await self._not_modified(message, headers)
+                return
             self._state = _PASSING
         elif content_type is not None and content_type.startswith(b"text/event-stream"):
+            if self._client_holds_encoded(headers):
+                self._mark_encoded(headers)
+                await self._not_modified(message, headers)
+                return
             self._begin_stream(headers)
         else:
             self._start = message
@@ -301,6 +306,10 @@ class _Responder:
         headers = MutableHeaders(raw=start["headers"])
         body: bytes = message.get("body", b"")
         if message.get("more_body", False):
+            if self._client_holds_encoded(headers):
+                self._mark_encoded(headers)
+                await self._not_modified(start, headers)
+                return
             self._begin_stream(headers)
             await self._send(start)
             await self._stream(message)
@@ -312,6 +321,9 @@ class _Responder:
             encoded = await self._compress(compress, coding, mw.levels[coding], body)
             if len(encoded) < len(body):
                 self._mark_encoded(headers)
+                if self._client_holds(headers):
+                    await self._not_modified(start, headers)
+                    return
                 headers["content-length"] = str(len(encoded))
                 mw.stats.record(coding, len(body), len(encoded))
                 mw.stats.count_response(coding)
@@ -350,6 +362,37 @@ class _Responder:
             return function(*args)
         return await anyio.to_thread.run_sync(function, *args, limiter=_thread_limiter())
 
+    def _client_holds_encoded(self, headers: MutableHeaders) -> bool:
+        """Whether If-None-Match names the tag this response gets once encoded."""
+        etag = headers.get("etag")
+        return (
+            self._if_none_match is not None
+            and etag is not None
+            and weak_match(self._if_none_match, encoded_etag(etag, self._coding))
+        )
+
+    def _client_holds(self, headers: MutableHeaders) -> bool:
+        """Whether If-None-Match names the (already encoded) tag in ``headers``."""
+        etag = headers.get("etag")
+        return (
+            self._if_none_match is not None
+            and etag is not None
+            and weak_match(self._if_none_match, etag)
+        )
+
+    async def _not_modified(self, start: Message, headers: MutableHeaders) -> None:
+        """Answer 304 instead: the client holds the encoded bytes under this tag already.
+
+        Only reached for a strong tag of this layer's own making, so the application
+        could not have known: it compared the tag of its identity bytes. ``headers``
+        are already marked encoded."""
+        for name in ("content-length", "content-encoding", "content-type"):
+            if name in headers:
+                del headers[name]
+        self._state = _DISCARDING
+        await self._send({**start, "status": 304, "headers": headers.raw})
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
     def _mark_encoded(self, headers: MutableHeaders) -> None:
         headers["content-encoding"] = self._coding
         if "accept-ranges" in headers:
@@ -380,27 +423,17 @@ def _with_vary(raw: list[tuple[bytes, bytes]], has_vary: bool) -> MutableHeaders
     return headers
 
 
-def _strip_validators(scope: Scope, coding: str) -> tuple[Scope, str | None]:
-    """``scope`` with coding suffixes taken off If-Match, and off If-None-Match only where
-    they name ``coding``, the one negotiated: a tag of another coding's representation
-    does not validate this one (RFC 9110 section 13.1.2), so it must not reach the
-    application as a match. Also the coding to put back on a 304 (None: none taken off
-    If-None-Match)."""
-    put_back: str | None = None
+def _strip_if_match(scope: Scope) -> Scope:
+    """``scope`` with the coding suffixes of :func:`encoded_etag` taken off If-Match: a
+    write conditional on any representation's tag is conditional on that version."""
     rewritten: list[tuple[bytes, bytes]] = []
     for name, value in scope["headers"]:
         if name == b"if-match":
             text, found = strip_etag_codings(value.decode("latin-1"))
             if found is not None:
                 value = text.encode("latin-1")
-        elif name == b"if-none-match" and coding in _TAG_CODINGS:
-            text, count = _TAG_CODINGS[coding].subn('"', value.decode("latin-1"))
-            if count:
-                value, put_back = text.encode("latin-1"), coding
         rewritten.append((name, value))
-    if rewritten == scope["headers"]:
-        return scope, None
-    return {**scope, "headers": rewritten}, put_back
+    return {**scope, "headers": rewritten}
 
 
 def _content_type_matcher(patterns: Iterable[str]) -> Callable[[bytes | None], bool]:

@@ -31,6 +31,20 @@ _FALLBACK = 0.0001
 """Identity's weight when the header does not name it: acceptable, below any named q."""
 
 
+def choose_coding(accept: str | None, available: Sequence[str], *, transform: bool = True) -> str:
+    """The content coding a response to this request is sent in, before its size is known.
+
+    The one rule that the compression layer, the results route and the hit path share:
+    identity when the request forbids transforming the representation (``Range``, or
+    ``Cache-Control: no-transform``), else what :func:`negotiate` picks, and identity
+    when the client accepts nothing (sending bytes it may decode beats a 406).
+    ``accept`` is the Accept-Encoding value, several fields joined with ``", "``.
+    """
+    if not transform:
+        return IDENTITY
+    return negotiate(accept, available) or IDENTITY
+
+
 def negotiate(header: str | None, available: Sequence[str]) -> str | None:
     """The coding to use for ``available`` (server order) under ``header``.
 
