@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from service.db.results import ResultStore, encode_document
@@ -140,3 +141,32 @@ async def test_list_limits(store: ResultStore) -> None:
     page = await store.list(limit=2, after=f"{prefix}-")
     assert [m.analysis_id for m in page.items] == [f"{prefix}-0", f"{prefix}-1"]
     assert page.next == f"{prefix}-1"
+
+
+async def test_list_json_is_the_page_as_orjson_writes_it(store: ResultStore) -> None:
+    """PostgreSQL writes the page's JSON itself: it must be the very bytes the Python
+    path makes, on full pages, the last page, an empty page, and with deletes between."""
+    prefix = unique_id("json")
+    for n in range(7):
+        await store.put(f"{prefix}-{n}", {"n": n})
+    await store.delete(f"{prefix}-3")
+    for limit, after in [
+        (2, f"{prefix}-"),
+        (3, f"{prefix}-1"),
+        (10, f"{prefix}-4"),
+        (1, f"{prefix}-6"),
+    ]:
+        page = await store.list(limit=limit, after=after)
+        expected = orjson.dumps(
+            {"items": [meta.as_dict() for meta in page.items], "next": page.next}
+        )
+        assert await store.list_json(limit=limit, after=after) == expected
+    first = await store.list(limit=1000)
+    assert await store.list_json(limit=1000) == orjson.dumps(
+        {"items": [meta.as_dict() for meta in first.items], "next": first.next}
+    )
+    for limit in (0, 1001, True):
+        with pytest.raises(ValueError, match="limit"):
+            await store.list_json(limit=limit)
+    with pytest.raises(InvalidAnalysisId):
+        await store.list_json(after="a b")

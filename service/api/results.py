@@ -121,8 +121,8 @@ async def result_list(request: Request) -> Response:
             )
         limit = int(raw_limit)
     after = request.query_params.get("after")
-    page = await _store(request).list(limit=limit, after=after)
-    return JSONResponse({"items": [meta.as_dict() for meta in page.items], "next": page.next})
+    page = await _store(request).list_json(limit=limit, after=after)
+    return Response(page, media_type="application/json")
 
 
 routes = [
