@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from service.api import admin, health, metrics, openapi, results
 from service.api.reads import HitPath
@@ -110,25 +111,29 @@ def create_app(settings: Settings | None = None, *, hit_path: bool = True) -> St
     routes = [*results.routes, *health.routes, *admin.routes, *openapi.routes]
     if settings.metrics_port is None:
         routes += metrics.routes
-    middleware = [
-        # Outermost of ours: the time includes compression, the status is what is sent.
+    # Outside Starlette's error middleware, so a hit pays for nothing it does not use;
+    # an unhandled error still becomes the 500 that the monitoring layer counts.
+    outer = [
+        # Outermost: the time includes compression, the status is what is sent.
         Middleware(MonitoringMiddleware, monitor=monitor, routes=routes),
         # L1 hits of one result answered before the framework runs (same bytes).
         Middleware(HitPath, encodings=settings.compression_encodings, stats=compression),
-        Middleware(
-            CompressionMiddleware,
-            encodings=settings.compression_encodings,
-            minimum_size=settings.compression_min_size,
-            levels=settings.compression_levels,
-            stats=compression,
-        ),
     ]
     if not hit_path:
-        del middleware[1]
-    return Starlette(
+        del outer[1]
+    return ServiceApp(
+        outer=outer,
         routes=routes,
         lifespan=lifespan,
-        middleware=middleware,
+        middleware=[
+            Middleware(
+                CompressionMiddleware,
+                encodings=settings.compression_encodings,
+                minimum_size=settings.compression_min_size,
+                levels=settings.compression_levels,
+                stats=compression,
+            ),
+        ],
         exception_handlers={
             HTTPException: handle_exception,
             Problem: handle_exception,
@@ -136,6 +141,21 @@ def create_app(settings: Settings | None = None, *, hit_path: bool = True) -> St
             Exception: handle_exception,
         },
     )
+
+
+class ServiceApp(Starlette):
+    """Starlette, with ``outer`` middleware wrapped around its whole stack (its
+    ``middleware`` runs inside the error handling, as usual)."""
+
+    def __init__(self, *, outer: Sequence[Middleware], **options: Any) -> None:
+        self.outer = list(outer)
+        super().__init__(**options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in reversed(self.outer):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 @asynccontextmanager

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
-from service.app import create_app
+from service.app import ServiceApp, create_app
 from service.config import Settings
 from service.monitoring.exposition import MetricsListener
 from service.monitoring.performance import (
@@ -114,7 +114,8 @@ def render(monitor: PerformanceMonitor) -> Samples:
 
 def monitor_of(app: Starlette) -> PerformanceMonitor:
     """The PerformanceMonitor that ``create_app`` gave its MonitoringMiddleware."""
-    for middleware in app.user_middleware:
+    assert isinstance(app, ServiceApp)
+    for middleware in app.outer:
         cls: object = middleware.cls
         if cls is MonitoringMiddleware:
             monitor = middleware.kwargs["monitor"]
