@@ -24,7 +24,8 @@ def test_entries_expire_and_the_least_recently_used_goes_first() -> None:
     cache.put("d", "D", 100, ttl=None)
     assert (cache.get("b"), cache.evictions, len(cache)) == (None, 1, 3)
     clock.now = 10
-    assert cache.get("a") is None and cache.get("c") is None
+    assert cache.get("a") is None
+    assert cache.get("c") is None
     assert cache.get("d") == "D"
     assert cache.size_bytes == 100 + 1 + ENTRY_OVERHEAD
 
@@ -32,7 +33,8 @@ def test_entries_expire_and_the_least_recently_used_goes_first() -> None:
 def test_a_value_larger_than_the_budget_is_not_stored() -> None:
     cache: LocalCache[bytes] = LocalCache(1000)
     assert not cache.put("big", b"", 1000, None)
-    assert cache.get("big") is None and cache.size_bytes == 0
+    assert cache.get("big") is None
+    assert cache.size_bytes == 0
 
 
 def test_charge_counts_growth_only_for_the_value_still_stored() -> None:
@@ -45,7 +47,8 @@ def test_charge_counts_growth_only_for_the_value_still_stored() -> None:
     cache.charge("a", second, 10_000)  # not the value under "a": ignored
     assert cache.size_bytes == 600 + 2 * (1 + ENTRY_OVERHEAD)
     cache.charge("b", second, 1000)  # over budget: the least recently used goes
-    assert cache.get("a") is None and cache.evictions == 1
+    assert cache.get("a") is None
+    assert cache.evictions == 1
     cache.discard("b")
     cache.clear()
     assert (len(cache), cache.size_bytes) == (0, 0)
