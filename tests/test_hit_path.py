@@ -10,6 +10,8 @@ The hit path must also really answer the plain reads, and leave the odd ones alo
 from __future__ import annotations
 
 import copy
+import dataclasses
+import gzip
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.reads import HitPath
@@ -218,3 +221,29 @@ async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
     assert await reaches_the_stack("GET", [])
     stats = state["results"].stats()
     assert stats.l1_hits >= 5
+
+
+async def test_middleware_that_edits_headers_in_place_cannot_corrupt_later_hits(
+    service: tuple[ASGIApp, dict[str, Any], Settings],
+) -> None:
+    """Starlette's GZipMiddleware rewrites ``message["headers"]`` in place: each response
+    must carry its own copy of the ready header block."""
+    full, state, settings = service
+    # As a user who prefers GZipMiddleware would run it: no codings of our own.
+    state = {**state, "settings": dataclasses.replace(settings, compression_encodings=())}
+    fast = HitPath(full, encodings=(), stats=state["compression"])
+    wrapped = GZipMiddleware(fast, minimum_size=10)
+    rid = f"gzip-{unique_prefix()}"
+    await state["results"].put(rid, BIG)
+    path = f"/results/{rid}"
+    stored = await state["store"].get(rid)
+    assert stored is not None
+    for _ in range(3):
+        zipped = await exchange(wrapped, state, "GET", path, [("accept-encoding", "gzip")])
+        assert gzip.decompress(zipped[1]["body"]) == stored.body
+    for method in ("GET", "HEAD"):
+        plain = await exchange(fast, state, method, path, [])
+        headers = dict(plain[0]["headers"])
+        assert b"content-encoding" not in headers
+        assert headers[b"content-length"] == str(len(stored.body)).encode()
+        assert plain[1]["body"] == (stored.body if method == "GET" else b"")

@@ -60,9 +60,13 @@ class Representation:
         self.not_modified_headers: Headers = [*validators, vary, _HIT]
 
     def headers_for(self, not_modified: bool, hit: bool) -> Headers:
-        """The header block of a 304 or a 200, as a hit (or a miss) reports it."""
+        """The header block of a 304 or a 200, as a hit (or a miss) reports it.
+
+        Always a new list: middleware may edit a response's headers in place (Starlette's
+        GZipMiddleware does), and must never edit the block every later hit sends.
+        """
         block = self.not_modified_headers if not_modified else self.headers
-        return block if hit else [*block[:-1], _MISS]
+        return [*block] if hit else [*block[:-1], _MISS]
 
 
 class ReadyResult:
