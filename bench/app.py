@@ -2,22 +2,31 @@
 
 A tiny path dispatcher (no framework in the way) sends
 
+* ``/asgi/doc``       to a raw ASGI callable (no framework at all) sending the stored
+                      document's bytes with prebuilt headers: the server's own limit;
 * ``/bare/doc``       to a bare Starlette endpoint returning the stored document's bytes;
 * ``/bare-gzip/doc``  to the same endpoint behind Starlette's GZipMiddleware (the peer);
+* ``/cashews/doc``    to a bare Starlette endpoint whose body comes from a function under
+                      cashews' ``@cache`` on the same Redis (keys under ``CACHE_PREFIX``):
+                      every request a Redis round trip, as a cashews user has it. Served
+                      only when cashews is installed (the ``bench`` extra);
 * ``/raw/{id}``       to the same query on asyncpg's own pool (the driver's limit);
+* ``/raw-list``       to the page ``GET /results?limit=100`` sends, built from the raw
+                      asyncpg pool and orjson;
+* ``/raw-put/{id}``   to the service's upsert on the raw asyncpg pool, the body checked
+                      with orjson.loads and the same JSON answer, 201 or 200;
 * ``/engine/{id}``    to ResultStore.get on the service's ConnectionPool, in the same bare
                       endpoint, so engine vs raw compares the database layers only;
 * ``/engine-default/{id}`` the same on a second pool with the default sizes (20 + 10
                       overflow), to show what overflow connections cost under load;
 * ``/bench/queries``  to the number of SQL statements the service has run so far;
+* ``/bench/levels``   to the compression levels the service was configured with;
 * ``/redis-only/...``, ``/miss/...``, ``/no-cache/...`` to the service's routes with a
                       ResultCache of their own (same pool, same store): Redis without L1;
                       Redis entries that expire after 1 ms (every read a full miss: Redis
                       GET, PostgreSQL, compare-and-set fill); and a cache with no room;
-* ``/no-metrics/...`` to the service's results routes, cache and compression layer with
-                      no monitoring middleware: what metrics cost on the hot path;
-* ``/inline/...``     to the service with no pre-encoded bytes (ENCODED_MAX_BYTES=0), so
-                      every compressed response is compressed inline;
+* ``/no-metrics/...`` to the service built without its monitoring middleware (the same
+                      cache, hit path and compression layer): what metrics cost;
 * ``/gzip-peer/...``  to the service's own routes and cache behind Starlette's
                       GZipMiddleware (level 9, its default) instead of ours, with no
                       pre-encoded bytes: the peer on the very same endpoint;
@@ -31,18 +40,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import importlib
+import importlib.util
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import Engine, event
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import results as results_api
 from service.api.responses import handle_exception
@@ -51,7 +64,6 @@ from service.cache.backends import MemoryBackend
 from service.cache.manager import CacheManager
 from service.cache.results import ResultCache
 from service.config import Settings
-from service.core.compression import CompressionMiddleware
 from service.db.pool import ConnectionPool
 from service.db.results import ResultStore
 
@@ -60,6 +72,26 @@ RAW_QUERY = (
     "SELECT result::text, version, created_at, updated_at FROM results"
     " WHERE analysis_id = $1 AND result IS NOT NULL"
 )
+RAW_LIST = (
+    "SELECT analysis_id, version, created_at, updated_at FROM results"
+    " WHERE result IS NOT NULL ORDER BY analysis_id LIMIT $1"
+)
+RAW_UPSERT = (
+    "INSERT INTO results (analysis_id, result, version, created_at, updated_at)"
+    " VALUES ($1, $2::jsonb, 1, $3, $3)"
+    " ON CONFLICT (analysis_id) DO UPDATE SET result = excluded.result,"
+    " version = results.version + 1,"
+    " created_at = CASE WHEN results.result IS NULL THEN excluded.created_at"
+    " ELSE results.created_at END,"
+    " updated_at = excluded.updated_at"
+    " RETURNING version, created_at, updated_at, result::text"
+)
+"""The service's PUT without preconditions (``_Statements.upsert``), in plain SQL."""
+RAW_PAGE_DEFAULT, RAW_PAGE_MAX = 100, 1000
+
+CASHEWS_INSTALLED = importlib.util.find_spec("cashews") is not None
+"""Whether ``/cashews/doc`` is served (``pip install 'service[bench]'``)."""
+CASHEWS_TTL = "1h"
 
 
 def create_bench_app() -> ASGIApp:
@@ -68,15 +100,42 @@ def create_bench_app() -> ASGIApp:
     service = create_app(settings)
     shared: dict[str, Any] = {"queries": 0}
 
-    async def bare(request: Request) -> Response:
-        body = shared.get("document")
-        if body is None:  # read once, on first use: the same bytes the service sends
+    async def document() -> bytes | None:
+        """The bytes the service sends for the document, read once (on first use)."""
+        body: bytes | None = shared.get("document")
+        if body is None:
             store: ResultStore = shared["store"]
             stored = await store.get(DOCUMENT_ID)
             if stored is None:
-                return Response(status_code=404)
+                return None
             body = shared["document"] = stored.body
+        return body
+
+    async def bare(request: Request) -> Response:
+        body = await document()
+        if body is None:
+            return Response(status_code=404)
         return Response(body, media_type="application/json")
+
+    async def asgi_doc(scope: Scope, receive: Receive, send: Send) -> None:
+        """No framework at all: two messages, built once, sent as they are."""
+        messages: tuple[Message, Message] | None = shared.get("asgi")
+        if messages is None:
+            body = await document()
+            if body is None:
+                await send({"type": "http.response.start", "status": 404, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            messages = shared["asgi"] = (
+                {"type": "http.response.start", "status": 200, "headers": headers},
+                {"type": "http.response.body", "body": body},
+            )
+        await send(messages[0])
+        await send(messages[1])
 
     async def raw(request: Request) -> Response:
         async with shared["raw"].acquire() as conn:
@@ -84,6 +143,46 @@ def create_bench_app() -> ASGIApp:
         if row is None:
             return Response(status_code=404)
         return Response(row[0].encode(), media_type="application/json")
+
+    async def raw_list(request: Request) -> Response:
+        """A page of ``GET /results``: asyncpg's rows, serialized by orjson."""
+        raw_limit = request.query_params.get("limit", str(RAW_PAGE_DEFAULT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= RAW_PAGE_MAX:
+            return Response(status_code=422)
+        limit = int(raw_limit)
+        async with shared["raw"].acquire() as conn:
+            rows = await conn.fetch(RAW_LIST, limit + 1)
+        items = [
+            {"analysis_id": r[0], "version": r[1], "created_at": r[2], "updated_at": r[3]}
+            for r in rows[:limit]
+        ]
+        page = {"items": items, "next": items[-1]["analysis_id"] if len(rows) > limit else None}
+        # asyncpg's datetimes are in UTC: orjson writes them RFC 3339 with a Z, as the
+        # service does (with the microseconds, unless they are all zero).
+        return Response(orjson.dumps(page, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+    async def raw_put(request: Request) -> Response:
+        """The service's unconditional PUT: orjson.loads checks the body, one upsert."""
+        analysis_id = request.path_params["id"]
+        body = await request.body()
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Response(status_code=400)
+        if not isinstance(parsed, dict):
+            return Response(status_code=422)
+        now = datetime.now(UTC)
+        async with shared["raw"].acquire() as conn:
+            version, created_at, updated_at, _ = await conn.fetchrow(
+                RAW_UPSERT, analysis_id, body.decode(), now
+            )
+        content = {"analysis_id": analysis_id, "version": version, "updated_at": updated_at}
+        return Response(
+            orjson.dumps(content, option=orjson.OPT_UTC_Z),
+            201 if created_at == now else 200,
+            headers={"ETag": f'"{version}"'},
+            media_type="application/json",
+        )
 
     async def engine(request: Request) -> Response:
         store: ResultStore = shared["default_store" if "default" in request.url.path else "store"]
@@ -95,35 +194,54 @@ def create_bench_app() -> ASGIApp:
     async def queries(request: Request) -> Response:
         return JSONResponse({"queries": shared["queries"]})
 
-    bare_app = Starlette(routes=[Route("/bare/doc", bare)])
-    gzip_app = GZipMiddleware(Starlette(routes=[Route("/bare-gzip/doc", bare)]))
-    raw_app = Starlette(routes=[Route("/raw/{id}", raw)])
+    async def levels(request: Request) -> Response:
+        return JSONResponse(settings.compression_levels)
+
     engine_app = Starlette(
         routes=[Route("/engine/{id}", engine), Route("/engine-default/{id}", engine)]
     )
-    queries_app = Starlette(routes=[Route("/bench/queries", queries)])
-    prefixes: list[tuple[str, ASGIApp]] = [
-        ("/bare/", bare_app),
-        ("/bare-gzip/", gzip_app),
-        ("/raw/", raw_app),
-        ("/engine/", engine_app),
-        ("/engine-default/", engine_app),
-        ("/bench/", queries_app),
-    ]
+    # Keyed by the path's first segment: one dict lookup per request, whatever the row.
+    heads: dict[str, ASGIApp] = {
+        "/asgi": asgi_doc,
+        "/bare": Starlette(routes=[Route("/bare/doc", bare)]),
+        "/bare-gzip": GZipMiddleware(Starlette(routes=[Route("/bare-gzip/doc", bare)])),
+        "/raw": Starlette(routes=[Route("/raw/{id}", raw)]),
+        "/raw-list": Starlette(routes=[Route("/raw-list", raw_list)]),
+        "/raw-put": Starlette(routes=[Route("/raw-put/{id}", raw_put, methods=["PUT"])]),
+        "/engine": engine_app,
+        "/engine-default": engine_app,
+        "/bench": Starlette(
+            routes=[Route("/bench/queries", queries), Route("/bench/levels", levels)]
+        ),
+    }
+
+    # cashews, when installed: its @cache on the service's Redis, under this run's prefix.
+    cashews_cache: Any = None
+    if CASHEWS_INSTALLED and settings.redis_url is not None:
+        cashews_cache = importlib.import_module("cashews").Cache(name="bench")
+        cashews_keys = f"{settings.cache_prefix}:cashews:"
+
+        async def load_document() -> bytes | None:
+            """What a cashews user puts under @cache: the read from the database."""
+            store: ResultStore = shared["store"]
+            stored = await store.get(DOCUMENT_ID)
+            return None if stored is None else stored.body
+
+        cached_document: Callable[[], Awaitable[bytes | None]] = cashews_cache(
+            ttl=CASHEWS_TTL, key=f"{cashews_keys}{DOCUMENT_ID}"
+        )(load_document)
+
+        async def cashews_doc(request: Request) -> Response:
+            body = await cached_document()  # a Redis GET (and unpickling) every time
+            if body is None:
+                return Response(status_code=404)
+            return Response(body, media_type="application/json")
+
+        heads["/cashews"] = Starlette(routes=[Route("/cashews/doc", cashews_doc)])
+
     variants: dict[str, dict[str, Any]] = {}
     targets: dict[str, ASGIApp] = {
-        "/no-metrics": Starlette(
-            routes=results_api.routes,
-            exception_handlers={Exception: handle_exception},
-            middleware=[
-                Middleware(
-                    CompressionMiddleware,
-                    encodings=settings.compression_encodings,
-                    minimum_size=settings.compression_min_size,
-                    levels=settings.compression_levels,
-                )
-            ],
-        ),
+        "/no-metrics": create_app(settings, monitoring=False),
         "/gzip-peer": GZipMiddleware(
             Starlette(routes=results_api.routes, exception_handlers={Exception: handle_exception})
         ),
@@ -155,9 +273,6 @@ def create_bench_app() -> ASGIApp:
                 "/redis-only": ResultCache.from_settings(no_l1, store),
                 "/miss": ResultCache(CacheManager.from_settings(no_l1), store, ttl=0.001),
                 "/no-cache": ResultCache(CacheManager(MemoryBackend(0)), store),
-                "/inline": ResultCache.from_settings(
-                    dataclasses.replace(settings, encoded_max_bytes=0), store
-                ),
             }
             for prefix, cache in caches.items():
                 await cache.start()
@@ -166,9 +281,19 @@ def create_bench_app() -> ASGIApp:
             peer_settings = dataclasses.replace(settings, compression_encodings=())
             variants["/gzip-peer"] = {**state, "settings": peer_settings}
             variants["/no-metrics"] = state
+            if cashews_cache is not None:
+                # The backend's prefix routes keys to it; the keys themselves carry it.
+                cashews_cache.setup(settings.redis_url, prefix=cashews_keys)
+                await cashews_cache.init()
             try:
                 yield state
             finally:
+                if cashews_cache is not None:
+                    with warnings.catch_warnings():
+                        # cashews closes its redis client with close(), which redis-py
+                        # 5+ deprecates in favour of aclose().
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        await cashews_cache.close()
                 for cache in caches.values():
                     await cache.aclose()
                     await cache.cache.aclose()
@@ -180,11 +305,12 @@ def create_bench_app() -> ASGIApp:
             await _run_lifespan(lifespan, scope, receive, send)
             return
         path: str = scope.get("path", "")
-        for prefix, target in prefixes:
-            if path.startswith(prefix):
-                await target(scope, receive, send)
-                return
-        head = path[: path.find("/", 1)]
+        slash = path.find("/", 1)
+        head = path if slash < 0 else path[:slash]
+        reference = heads.get(head)
+        if reference is not None:
+            await reference(scope, receive, send)
+            return
         variant = variants.get(head)
         if variant is not None:
             scope = {**scope, "path": path[len(head) :], "state": variant}

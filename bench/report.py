@@ -52,11 +52,12 @@ class Goal:
 
 
 def ratio(scenarios: dict[str, Scenario], key: str, reference: str) -> float | None:
-    """req/s of ``key`` over req/s of ``reference``, when both were measured."""
+    """req/s of ``key`` over req/s of ``reference``, when both were measured (and the
+    reference answered at all)."""
     a, b = scenarios.get(key), scenarios.get(reference)
     if a is None or b is None or not (a.built and b.built and a.runs and b.runs):
         return None
-    return a.rps() / b.rps()
+    return a.rps() / b.rps() if b.rps() > 0 else None
 
 
 def _ms(value: float | None) -> str:

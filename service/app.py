@@ -43,11 +43,15 @@ class State(TypedDict):
     optimizer: QueryOptimizer
 
 
-def create_app(settings: Settings | None = None, *, hit_path: bool = True) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, hit_path: bool = True, monitoring: bool = True
+) -> Starlette:
     """The service as an ASGI app; ``settings`` default to :meth:`Settings.from_environ`.
 
     ``hit_path=False`` sends every read through the framework: the reference that the
     hit path (:class:`~service.api.reads.HitPath`) is tested against, byte for byte.
+    ``monitoring=False`` leaves the metrics layer out: the reference its cost is
+    measured against.
 
     Nothing is opened until the ASGI lifespan starts: then the pool is created, pending
     migrations are applied (``MIGRATE_ON_START``), the cache is opened and starts
@@ -121,6 +125,8 @@ def create_app(settings: Settings | None = None, *, hit_path: bool = True) -> St
     ]
     if not hit_path:
         del outer[1]
+    if not monitoring:
+        del outer[0]
     return ServiceApp(
         outer=outer,
         routes=routes,

@@ -60,6 +60,7 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
     report = output.read_text()
     assert report.strip() == completed.stdout.strip()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()}
+    keys = set(scenarios())
     for scenario in scenarios().values():
         row = rows[
             scenario.title
@@ -69,9 +70,22 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
         if scenario.built:
             rate = row.split(" | ")[1].replace(",", "")
             assert float(rate) > 0, row
-            assert re.search(r"200: [\d,]+", row), row
+            status = 304 if scenario.key == "hot_304" else 200
+            assert re.search(rf"{status}: [\d,]+", row), row
+            if scenario.reference is not None and scenarios()[scenario.reference].built:
+                assert f" of {scenario.reference} |" in row, row
         else:
             assert f"| {NOT_BUILT} |" in row, row
+    for reference in ("asgi", "bare", "raw", "raw_list", "raw_put", "hot_identity"):
+        assert reference in keys, reference
+    assert "inline" not in report
+    goals = [line for line in report.splitlines() if line.startswith("| L1 hit, identity")]
+    assert len(goals) == 3, goals
+    assert "≥ 2x cashews" in goals[2]
+    if not scenarios()["cashews"].built:
+        assert f"| {NOT_BUILT}: cashews is not installed" in goals[2], goals[2]
+    assert "p99 ≤ 2x" in report
+    assert "at the configured levels (zstd " in report
     assert "→ 1 database query" in report
     assert "0 responses other than 200 and 503" in report
 
