@@ -117,16 +117,21 @@ def create_app(
         routes += metrics.routes
     # Outside Starlette's error middleware, so a hit pays for nothing it does not use;
     # an unhandled error still becomes the 500 that the monitoring layer counts.
-    outer = [
-        # Outermost: the time includes compression, the status is what is sent.
-        Middleware(MonitoringMiddleware, monitor=monitor, routes=routes),
-        # L1 hits of one result answered before the framework runs (same bytes).
-        Middleware(HitPath, encodings=settings.compression_encodings, stats=compression),
-    ]
-    if not hit_path:
-        del outer[1]
-    if not monitoring:
-        del outer[0]
+    outer = []
+    if hit_path:
+        # L1 hits of one result, answered before anything else runs: the same bytes as
+        # the route, recorded in the same metrics series.
+        outer.append(
+            Middleware(
+                HitPath,
+                encodings=settings.compression_encodings,
+                stats=compression,
+                monitor=monitor if monitoring else None,
+            )
+        )
+    if monitoring:
+        # The time includes compression, the status is what is sent.
+        outer.append(Middleware(MonitoringMiddleware, monitor=monitor, routes=routes))
     return ServiceApp(
         outer=outer,
         routes=routes,

@@ -236,6 +236,36 @@ async def test_unknown_methods_share_the_other_label(pg_url: str) -> None:
 # 2. Hits and misses.
 
 
+@pytest.mark.parametrize("hit_path", [True, False], ids=["hit-path", "full-stack"])
+async def test_l1_hits_are_timed_and_counted_in_the_routes_series(
+    pg_url: str, hit_path: bool
+) -> None:
+    """Reads the hit path answers land in the same series as the route's, one each."""
+    app = create_app(Settings(database_url=pg_url), hit_path=hit_path)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            rid = unique_id("series")
+            assert (await client.put(f"/results/{rid}", json={"n": 1})).status_code == 201
+            assert (await client.get(f"/results/{rid}")).status_code == 200  # fills L1
+            before = await scrape(client)
+            for method, headers in [("GET", {}), ("GET", {"if-none-match": '"1"'})] * 3:
+                await client.request(method, f"/results/{rid}", headers=headers)
+            assert (await client.head(f"/results/{rid}")).status_code == 200
+            after = await scrape(client)
+    def grown(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    labels = {"method": "GET", "endpoint": RESULT_ENDPOINT}
+    assert grown("responses_total", **labels, status_class="2xx") == 3
+    assert grown("responses_total", **labels, status_class="3xx") == 3
+    assert grown("request_duration_seconds_count", **labels) == 6
+    head = {"method": "HEAD", "endpoint": RESULT_ENDPOINT, "status_class": "2xx"}
+    assert grown("responses_total", **head) == 1
+    assert get(after, "requests_in_progress") == get(before, "requests_in_progress")
+
+
 @pytest.mark.parametrize("with_redis", [False, True], ids=["memory", "redis"])
 async def test_hits_and_misses_move_exactly_the_counters_x_cache_names(
     pg_url: str, with_redis: bool

@@ -15,6 +15,7 @@ repeated conditional header, a mounted app whose path does not fit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,8 +26,12 @@ from service.core.negotiation import IDENTITY, choose_coding
 
 if TYPE_CHECKING:
     from service.cache.results import ResultCache
+    from service.monitoring.performance import PerformanceMonitor, RequestSlot
 
 PREFIX: Final = "/results/"
+_PREFIX_LENGTH: Final = len(PREFIX)
+_MAX_REMEMBERED: Final = 1024
+"""Distinct Accept-Encoding values whose coding is remembered (a client can send any)."""
 _ODD: Final = frozenset({b"range", b"if-range", b"if-match", b"if-unmodified-since"})
 
 
@@ -88,26 +93,34 @@ def answer(
 
 
 class HitPath:
-    """Pure ASGI, in front of the framework: L1 hits of ``/results/{id}`` answered from
+    """Pure ASGI, in front of everything: L1 hits of ``/results/{id}`` answered from
     their ready representations (see the module docstring).
 
-    It finds the :class:`ResultCache` in the lifespan state (``scope["state"]["results"]``)
-    and runs inside the monitoring middleware, so its responses are counted and timed
-    in the same series as the route's.
+    It finds the :class:`ResultCache` in the lifespan state (``scope["state"]["results"]``).
+    With a ``monitor`` it records each answer in the series the monitoring middleware
+    would have used (``endpoint``), so a hit is timed and counted as the route's reads
+    are; it sits outside that middleware so a hit does not also pay for its wrapping.
     """
 
     def __init__(
-        self, app: ASGIApp, *, encodings: Sequence[str], stats: CompressionStats | None = None
+        self,
+        app: ASGIApp,
+        *,
+        encodings: Sequence[str],
+        stats: CompressionStats | None = None,
+        monitor: PerformanceMonitor | None = None,
+        endpoint: str = "/results/{analysis_id}",
     ) -> None:
         self.app = app
         self.encodings = tuple(encodings)
         self.stats = stats
+        self.monitor = monitor
+        self.endpoint = endpoint
+        self._slots: dict[str, RequestSlot] = {}
+        self._codings: dict[str | None, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = False
-        if scope["type"] == "http":
-            sent = await self._answer(scope, send)
-        if not sent:
+        if scope["type"] != "http" or not await self._answer(scope, send):
             await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope, send: Send) -> bool:
@@ -122,23 +135,47 @@ class HitPath:
             path = path[len(root) :]
         elif not path.startswith(PREFIX):
             return False
+        started = perf_counter()
         state = scope.get("state")
         results: ResultCache | None = state.get("results") if state else None
         if results is None:
             return False
-        ready = results.ready(path[len(PREFIX) :])
+        ready = results.ready(path[_PREFIX_LENGTH:])
         if ready is None:
             return False
         request = ReadRequest(scope["headers"])
         if request.odd:
             return False
-        representation = ready.get(request.coding(self.encodings))
+        representation = ready.get(self._coding(request.accept))
         if representation is None:
             return False  # the route makes it, once
         results.count_l1_hit()
         status, headers, body = answer(
             ready, representation, request, head=method == "HEAD", hit=True, stats=self.stats
         )
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        monitor = self.monitor
+        if monitor is None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return True
+        monitor.requests_in_progress += 1
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            monitor.requests_in_progress -= 1
+            slot = self._slots.get(method)
+            if slot is None:  # made on first use, as the monitoring middleware does
+                slot = self._slots[method] = monitor.request_slot(method, self.endpoint)
+            slot.record(status, perf_counter() - started)
         return True
+
+    def _coding(self, accept: str | None) -> str:
+        """The coding for this Accept-Encoding value, remembered per distinct value."""
+        coding = self._codings.get(accept)
+        if coding is None:
+            coding = choose_coding(accept, self.encodings)
+            if len(self._codings) >= _MAX_REMEMBERED:
+                self._codings.clear()
+            self._codings[accept] = coding
+        return coding

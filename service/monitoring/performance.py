@@ -114,7 +114,7 @@ class PerformanceMonitor:
         )
         self.build_info = Gauge("build_info", "Version and runtime of this process.", registry=r)
         self._series: dict[tuple[str, ...], _Series] = {}
-        self._requests: dict[tuple[str, str], _RequestSlot] = {}
+        self._requests: dict[tuple[str, str], RequestSlot] = {}
         self._tracked_cache: dict[tuple[str, bool], int] = {}
         # By what they read: watching a second pool (say after a restart) replaces the first.
         self._readers: dict[str, Callable[[], None]] = {}
@@ -156,7 +156,7 @@ class PerformanceMonitor:
         """Count one response of ``status`` (the middleware does this itself)."""
         self.request_slot(method, endpoint).statuses[min(status // 100, 5)] += 1
 
-    def request_slot(self, method: str, endpoint: str) -> _RequestSlot:
+    def request_slot(self, method: str, endpoint: str) -> RequestSlot:
         """The counters of one ``(method, endpoint)``, made on first use."""
         key = (method, endpoint)
         slot = self._requests.get(key)
@@ -167,7 +167,7 @@ class PerformanceMonitor:
                 series = self._series[(self.request_duration.name, method, endpoint)] = _Series(
                     self.request_duration, labels
                 )
-            slot = self._requests[key] = _RequestSlot(series)
+            slot = self._requests[key] = RequestSlot(series)
         return slot
 
     # What other parts already count, read at scrape time.
@@ -293,7 +293,7 @@ class _Series:
         self.target.sum = self.total
 
 
-class _RequestSlot:
+class RequestSlot:
     """What the middleware updates per request: one histogram series and the
     responses by status class (index 1 to 5; 0 holds nothing a server sends)."""
 
@@ -302,6 +302,13 @@ class _RequestSlot:
     def __init__(self, series: _Series) -> None:
         self.series = series
         self.statuses = [0] * 6
+
+    def record(self, status: int, duration: float) -> None:
+        """One response of ``status`` that took ``duration`` seconds."""
+        series = self.series
+        series.counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
+        series.total += duration
+        self.statuses[min(status // 100, 5)] += 1
 
 
 class MonitoringMiddleware:
@@ -336,14 +343,10 @@ class MonitoringMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            duration = perf_counter() - started
             monitor.requests_in_progress -= 1
-            series = slot.series
-            series.counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
-            series.total += duration
-            slot.statuses[min(status // 100, 5)] += 1
+            slot.record(status, perf_counter() - started)
 
-    def _find_slot(self, method: str, path: str, root_path: str) -> _RequestSlot:
+    def _find_slot(self, method: str, path: str, root_path: str) -> RequestSlot:
         method = method if method in _METHODS else "other"
         return self.monitor.request_slot(method, self._match(path, root_path))
 
