@@ -26,7 +26,9 @@ A tiny path dispatcher (no framework in the way) sends
                       Redis entries that expire after 1 ms (every read a full miss: Redis
                       GET, PostgreSQL, compare-and-set fill); and a cache with no room;
 * ``/no-metrics/...`` to the service built without its monitoring middleware (the same
-                      cache, hit path and compression layer): what metrics cost;
+                      cache, hit path and compression layer): what metrics cost,
+                      against ``/with-metrics/...``, the service itself behind the same
+                      path rewriting;
 * ``/gzip-peer/...``  to the service's own routes and cache behind Starlette's
                       GZipMiddleware (level 9, its default) instead of ours, with no
                       pre-encoded bytes: the peer on the very same endpoint;
@@ -49,7 +51,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Engine, event
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -242,6 +243,7 @@ def create_bench_app() -> ASGIApp:
     variants: dict[str, dict[str, Any]] = {}
     targets: dict[str, ASGIApp] = {
         "/no-metrics": create_app(settings, monitoring=False),
+        "/with-metrics": service,
         "/gzip-peer": GZipMiddleware(
             Starlette(routes=results_api.routes, exception_handlers={Exception: handle_exception})
         ),
@@ -253,11 +255,17 @@ def create_bench_app() -> ASGIApp:
             state: dict[str, Any] = dict(maybe_state or {})
             shared["store"] = state["store"]
 
-            # Every engine in this process: the service's pool has one (the raw asyncpg
-            # pool is not SQLAlchemy, so it is not counted).
-            @event.listens_for(Engine, "before_cursor_execute")
-            def _count(*_: Any) -> None:
+            # The service's store reports each database operation it runs (the raw
+            # asyncpg pool is not the store's, so it is not counted).
+            store: ResultStore = state["store"]
+            timed = store.on_query
+
+            def count(operation: str, seconds: float) -> None:
                 shared["queries"] += 1
+                if timed is not None:
+                    timed(operation, seconds)
+
+            store.on_query = count
 
             dsn = settings.database.set(drivername="postgresql").render_as_string(
                 hide_password=False
@@ -281,6 +289,7 @@ def create_bench_app() -> ASGIApp:
             peer_settings = dataclasses.replace(settings, compression_encodings=())
             variants["/gzip-peer"] = {**state, "settings": peer_settings}
             variants["/no-metrics"] = state
+            variants["/with-metrics"] = state
             if cashews_cache is not None:
                 # The backend's prefix routes keys to it; the keys themselves carry it.
                 cashews_cache.setup(settings.redis_url, prefix=cashews_keys)

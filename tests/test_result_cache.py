@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine, event
+from sqlalchemy.pool import Pool
 
 from service.cache.backends import MemoryBackend, RedisBackend
 from service.cache.local import LocalCache
@@ -49,17 +50,33 @@ async def forget_prefix(prefix: str) -> None:
 
 @contextmanager
 def counted_queries() -> Iterator[list[str]]:
-    """Every SQL statement any Engine sends while the block runs."""
+    """Every SQL statement any pool sends while the block runs: through SQLAlchemy (its
+    cursor event) or straight on the asyncpg connection (asyncpg's query logger, which
+    sees what the store runs on the driver; SQLAlchemy's prepared statements bypass it)."""
     statements: list[str] = []
+    drivers: list[Any] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
+    def logged(record: Any) -> None:
+        statements.append(record.query)
+
+    def watch(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver not in drivers:
+            driver.add_query_logger(logged)
+            drivers.append(driver)
+
     event.listen(Engine, "before_cursor_execute", count)
+    event.listen(Pool, "checkout", watch)
     try:
         yield statements
     finally:
+        event.remove(Pool, "checkout", watch)
         event.remove(Engine, "before_cursor_execute", count)
+        for driver in drivers:
+            driver.remove_query_logger(logged)
 
 
 def result_reads(statements: list[str]) -> list[str]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncpg
 import orjson
 import pytest
 
+from service.db.pool import ConnectionPool
 from service.db.results import ResultStore, encode_document
 from service.errors import (
+    DatabaseUnavailable,
     InvalidAnalysisId,
     InvalidResult,
     MalformedJSON,
@@ -170,3 +174,56 @@ async def test_list_json_is_the_page_as_orjson_writes_it(store: ResultStore) -> 
             await store.list_json(limit=limit)
     with pytest.raises(InvalidAnalysisId):
         await store.list_json(after="a b")
+
+
+async def _blocked_writer(pg_url: str, analysis_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection holding the row lock of ``analysis_id`` in an open transaction."""
+    holder = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM results WHERE analysis_id = $1 FOR UPDATE", analysis_id)
+        yield holder
+        await transaction.rollback()
+    finally:
+        await holder.close()
+
+
+async def test_a_statement_timeout_on_the_driver_path_is_unavailable_and_recoverable(
+    pg_url: str,
+) -> None:
+    """The store runs its statements on asyncpg directly: asyncpg's own errors must still
+    become the package's, and the pool must stay usable."""
+    rid = unique_id("timeout")
+    async with ConnectionPool(pg_url, statement_timeout=0.3) as pool:
+        store = ResultStore(pool)
+        await store.put(rid, {"v": 1})
+        async for _ in _blocked_writer(pg_url, rid):
+            with pytest.raises(DatabaseUnavailable):
+                await store.put(rid, {"v": 2})
+        assert (await store.put(rid, {"v": 3})).meta.version == 2
+        assert pool.stats().checked_out == 0
+
+
+async def test_a_backend_killed_mid_statement_is_unavailable_and_replaced(pg_url: str) -> None:
+    rid = unique_id("killed")
+    async with ConnectionPool(pg_url, pool_size=2, ping_idle_after=60) as pool:
+        store = ResultStore(pool)
+        await store.put(rid, {"v": 1})
+        async for holder in _blocked_writer(pg_url, rid):
+            write = asyncio.create_task(store.put(rid, {"v": 2}))
+            victim = None
+            async with asyncio.timeout(5):
+                while victim is None:
+                    await asyncio.sleep(0.05)
+                    victim = await holder.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+            assert await holder.fetchval("SELECT pg_terminate_backend($1)", victim)
+            with pytest.raises(DatabaseUnavailable):
+                await write
+        stored = await store.get(rid)  # a fresh connection replaces the dead one
+        assert stored is not None
+        assert stored.document() == {"v": 1}
+        assert pool.stats().checked_out == 0

@@ -16,8 +16,9 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# SQLAlchemy 2.1 renamed await_only to await_; accept either.
-_await = getattr(util, "await_", None) or util.await_only
+# SQLAlchemy 2.1 renamed await_only to await_; accept either. Inside the greenlet that
+# runs pooled operations, it waits for a coroutine of the driver itself.
+await_ = getattr(util, "await_", None) or util.await_only
 
 
 def create_engine(
@@ -105,6 +106,6 @@ def check_liveness_on_checkout(engine: AsyncEngine, idle_after: float) -> None:
         if returned_at is None or time.monotonic() - returned_at <= idle_after:
             return  # brand new, or in use a moment ago
         try:
-            _await(driver.fetchrow(";"))
+            await_(driver.fetchrow(";"))
         except Exception as exc:
             raise InvalidatePoolError(f"ping failed: {exc!r}") from exc

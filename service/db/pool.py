@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Self, TypeVar
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
@@ -304,7 +305,11 @@ class _translate_errors:
     ) -> None:
         if exc is None:
             return
-        if isinstance(exc, OSError) or (isinstance(exc, DBAPIError) and _is_unavailable(exc)):
+        # Statements the store runs on the asyncpg connection itself raise asyncpg's own
+        # errors: a lost connection is an InterfaceError, a server error a PostgresError.
+        if isinstance(exc, OSError | asyncpg.InterfaceError) or (
+            isinstance(exc, DBAPIError | asyncpg.PostgresError) and _is_unavailable(exc)
+        ):
             raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
 
 
@@ -319,8 +324,8 @@ async def _release(conn: AsyncConnection) -> None:
         await conn.close()
 
 
-def _is_unavailable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
+def _is_unavailable(exc: DBAPIError | asyncpg.PostgresError) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     state = sqlstate(exc)
     return state is not None and state.startswith(_UNAVAILABLE_STATES)

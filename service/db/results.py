@@ -20,13 +20,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from typing import cast as cast_as
 
+import asyncpg
 import orjson
 from sqlalchemy import BigInteger, Text, bindparam, case, cast, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import ColumnElement, Executable, TextClause
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable, TextClause
 
+from service.db._engine import await_
 from service.db.pool import ConnectionPool, sqlstate
 from service.db.schema import results
 from service.errors import (
@@ -257,7 +263,7 @@ class ResultStore:
             self._statements.list_after if after is not None else self._statements.list_first
         )
         started = time.perf_counter()
-        rows = await self._pool.run(lambda conn: conn.execute(statement, params).all())
+        rows = await self._pool.run(self._statements.rows(statement, params))
         if self.on_query is not None:
             self.on_query("list", time.perf_counter() - started)
         items = [_meta(*row) for row in rows[:limit]]
@@ -281,7 +287,7 @@ class ResultStore:
             params["after"] = validate_analysis_id(after)
             statement = statements.page_json_after
         started = time.perf_counter()
-        text: str = await self._pool.run(lambda conn: conn.execute(statement, params).scalar_one())
+        text: str = await self._pool.run(self._statements.value(statement, params))
         if self.on_query is not None:
             self.on_query("list", time.perf_counter() - started)
         return text.encode()
@@ -289,11 +295,11 @@ class ResultStore:
     async def _first(self, operation: str, statement: Executable, params: dict[str, Any]) -> Any:
         started = time.perf_counter()
         try:
-            row = await self._pool.run(lambda conn: conn.execute(statement, params).first())
+            row = await self._pool.run(self._statements.first(statement, params))
             if self.on_query is not None:
                 self.on_query(operation, time.perf_counter() - started)
             return row
-        except DBAPIError as exc:
+        except (DBAPIError, asyncpg.PostgresError) as exc:
             state = sqlstate(exc)
             if state is not None and state.startswith("22"):  # data exception
                 raise InvalidResult(f"the database refused the document ({state})") from None
@@ -301,7 +307,35 @@ class ResultStore:
 
 
 class _Statements:
-    """Every statement, built once per dialect so SQLAlchemy's compiled cache hits."""
+    """Every statement, built once per dialect, and how each runs.
+
+    On SQLite through SQLAlchemy. On PostgreSQL each statement is compiled once for
+    asyncpg and run on the pooled connection's own asyncpg connection (which prepares
+    it once and keeps it): SQLAlchemy's execution and result layers cost about a third
+    of a cached read's CPU, measured, and these statements need none of what they add.
+    The pool, its checkout checks and its error translation stay SQLAlchemy's.
+    """
+
+    def first(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
+        """The operation that returns the first row of ``statement`` (or None)."""
+        driver = self._driver.get(statement)
+        if driver is None:
+            return lambda conn: conn.execute(statement, params).first()
+        return lambda conn: await_(_asyncpg(conn).fetchrow(driver.sql, *driver.args(params)))
+
+    def rows(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
+        """The operation that returns every row of ``statement``."""
+        driver = self._driver.get(statement)
+        if driver is None:
+            return lambda conn: conn.execute(statement, params).all()
+        return lambda conn: await_(_asyncpg(conn).fetch(driver.sql, *driver.args(params)))
+
+    def value(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
+        """The operation that returns the one value of ``statement``'s one row."""
+        driver = self._driver.get(statement)
+        if driver is None:
+            return lambda conn: conn.execute(statement, params).scalar_one()
+        return lambda conn: await_(_asyncpg(conn).fetchval(driver.sql, *driver.args(params)))
 
     def __init__(self, dialect: str) -> None:
         t = results
@@ -361,9 +395,38 @@ class _Statements:
         )
         self.page_json_first: TextClause | None = None
         self.page_json_after: TextClause | None = None
+        self._driver: dict[Executable, _DriverStatement] = {}
         if dialect == "postgresql":
             self.page_json_first = _page_json("")
             self.page_json_after = _page_json("AND analysis_id > :after")
+            compiler = asyncpg_dialect()  # type: ignore[no-untyped-call]
+            for statement in vars(self).values():
+                if isinstance(statement, Executable):
+                    self._driver[statement] = _DriverStatement(statement, compiler)
+
+
+class _DriverStatement:
+    """A statement as asyncpg runs it: its SQL with ``$n`` placeholders, and the order
+    (and fixed values) of its parameters."""
+
+    __slots__ = ("defaults", "names", "sql")
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        # No type of ours converts values on the way in (no bind processors), so the
+        # values go to asyncpg as they are; the store's tests cover every statement.
+        clause = cast_as(ClauseElement, statement)
+        compiled = cast_as(SQLCompiler, clause.compile(dialect=dialect))
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup or ())
+        self.defaults = dict(compiled.params)
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        return [params[name] if name in params else self.defaults[name] for name in self.names]
+
+
+def _asyncpg(conn: Connection) -> Any:
+    """The asyncpg connection under a pooled SQLAlchemy connection."""
+    return conn.connection.driver_connection
 
 
 def _page_json(condition: str) -> TextClause:
