@@ -284,7 +284,12 @@ def scenarios() -> dict[str, Scenario]:
             "hot_identity",
         ),
         Scenario("bare_gzip", "Starlette GZipMiddleware on the bare endpoint", "bare"),
-        Scenario("monitoring_off", "hot GET, no monitoring middleware", "bare"),
+        Scenario(
+            "monitoring_on", "hot GET, the service behind the variants' path rewriting", "bare"
+        ),
+        Scenario(
+            "monitoring_off", "hot GET, the same without the monitoring layer", "monitoring_on"
+        ),
         Scenario(
             "raw_put",
             f"raw asyncpg pool, same upsert, bare endpoint ({PUT_IDS:,} ids, random)",
@@ -407,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"/gzip-peer/results/{DOCUMENT_ID}", headers=("Accept-Encoding: gzip",)
                 ),
                 "bare_gzip": wrk.Load("/bare-gzip/doc", headers=("Accept-Encoding: gzip",)),
+                "monitoring_on": wrk.Load(f"/with-metrics/results/{DOCUMENT_ID}"),
                 "monitoring_off": wrk.Load(f"/no-metrics/results/{DOCUMENT_ID}"),
                 "raw_put": wrk.Load(
                     "/raw-put/x",
@@ -506,7 +512,7 @@ def render(
     saturation = table["saturation"].statuses()
     odd = {s: n for s, n in saturation.items() if s not in (200, 503)}
     on_vs_off = ratio(table, "hit_l1", "get")
-    monitoring = ratio(table, "hit_l1", "monitoring_off")
+    monitoring = ratio(table, "monitoring_on", "monitoring_off")
     hot = {ref: ratio(table, "hot_identity", ref) for ref in ("bare", "asgi", "cashews")}
     codings = {
         name: ratio(table, key, "hot_identity")
@@ -588,7 +594,7 @@ def render(
         Goal(
             "monitoring overhead ≤ 5% of hot GET req/s",
             "n/a" if monitoring is None else f"{(1 - monitoring) * 100:.1f}%",
-            at_least(monitoring, 0.95, "hit_l1", "monitoring_off"),
+            at_least(monitoring, 0.95, "monitoring_on", "monitoring_off"),
             "L1 hit with the monitoring middleware vs without",
         ),
         Goal(
