@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -98,6 +99,7 @@ def create_app(
                         await extras.enter_async_context(
                             MetricsListener(monitor, settings.metrics_host, settings.metrics_port)
                         )
+                    _freeze_what_start_up_made()
                     yield {
                         "settings": settings,
                         "pool": pool,
@@ -167,6 +169,21 @@ class ServiceApp(Starlette):
         for cls, args, kwargs in reversed(self.outer):
             app = cls(app, *args, **kwargs)
         return app
+
+
+def _freeze_what_start_up_made() -> None:
+    """Leave everything start-up made out of the garbage collector's full passes.
+
+    Modules, SQLAlchemy's compiled statements, the pool and the routes live as long as
+    the process, yet every full collection walked them all: a pause of about 60 ms that
+    stalled every request in flight, several times a minute under load, and made the
+    p99 of a database read three times the raw asyncpg pool's. ``gc.freeze`` (the
+    documented way, for servers that start once) moves them to a permanent generation;
+    a collection first, so no start-up garbage is kept. Objects made later (cache
+    entries, connections) are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @asynccontextmanager

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import unique_id
+from tests.conftest import ClientFactory, unique_id
 
 JSON = {"content-type": "application/json"}
 
@@ -306,3 +307,14 @@ async def test_concurrent_writers_each_get_a_distinct_version(client: httpx.Asyn
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))
     final = await client.get(f"/results/{rid}")
     assert final.headers["etag"] == '"20"'
+
+
+async def test_start_up_leaves_what_it_made_out_of_full_collections(
+    make_client: ClientFactory, sqlite_url: str
+) -> None:
+    """What start-up builds lives as long as the process: a full collection must not
+    walk it on every pass (a pause that stalls every request in flight)."""
+    gc.unfreeze()
+    async with make_client(database_url=sqlite_url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert gc.get_freeze_count() > 10_000
