@@ -163,20 +163,24 @@ def create_bench_app() -> ASGIApp:
         return Response(orjson.dumps(page, option=orjson.OPT_UTC_Z), media_type="application/json")
 
     async def raw_put(request: Request) -> Response:
-        """The service's unconditional PUT: orjson.loads checks the body, one upsert."""
+        """The service's unconditional PUT, checked as the service checks it: UTF-8, an
+        object at the top (the first character), the rest parsed by JSONB; one upsert."""
         analysis_id = request.path_params["id"]
         body = await request.body()
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            text = body.decode()
+        except UnicodeDecodeError:
             return Response(status_code=400)
-        if not isinstance(parsed, dict):
+        if not text.lstrip(" \t\n\r").startswith("{"):
             return Response(status_code=422)
         now = datetime.now(UTC)
         async with shared["raw"].acquire() as conn:
-            version, created_at, updated_at, _ = await conn.fetchrow(
-                RAW_UPSERT, analysis_id, body.decode(), now
-            )
+            try:
+                version, created_at, updated_at, _ = await conn.fetchrow(
+                    RAW_UPSERT, analysis_id, text, now
+                )
+            except asyncpg.InvalidTextRepresentationError:
+                return Response(status_code=400)
         content = {"analysis_id": analysis_id, "version": version, "updated_at": updated_at}
         return Response(
             orjson.dumps(content, option=orjson.OPT_UTC_Z),

@@ -212,13 +212,30 @@ async def test_the_longest_id_and_every_allowed_character_work(client: httpx.Asy
 
 
 @pytest.mark.parametrize(
-    "body", [b"{", b"", b"nope", b'{"a": 1} trailing', b"\xff\xfe{}", b'{"a": 1e400}']
+    "body",
+    [b"{", b"", b"nope", b'{"a": 1} trailing', b"\xff\xfe{}", b'  {"a": [1, }', b'{"a": NaN}'],
 )
 async def test_malformed_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     problem = assert_problem(
         await client.put(f"/results/{unique_id()}", content=body, headers=JSON), 400
     )
     assert problem["type"] == "/problems/malformed-json"
+    assert "SELECT" not in problem["detail"]
+    assert "INSERT" not in problem["detail"]
+
+
+async def test_numbers_beyond_a_double_are_kept_exactly_on_postgresql(
+    make_client: ClientFactory, pg_url: str
+) -> None:
+    """JSON allows any number; JSONB keeps it as numeric, so nothing is refused or rounded
+    (the body is parsed by PostgreSQL, not into Python floats)."""
+    async with make_client(database_url=pg_url) as client:
+        rid = unique_id()
+        body = b'{"huge": 1e400, "long": 123456789012345678901234567890.5}'
+        assert (await client.put(f"/results/{rid}", content=body, headers=JSON)).status_code == 201
+        read = await client.get(f"/results/{rid}", headers={"accept-encoding": "identity"})
+    assert read.content.startswith(b'{"huge": 1')
+    assert b"123456789012345678901234567890.5" in read.content
 
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])

@@ -253,6 +253,7 @@ async def test_l1_hits_are_timed_and_counted_in_the_routes_series(
                 await client.request(method, f"/results/{rid}", headers=headers)
             assert (await client.head(f"/results/{rid}")).status_code == 200
             after = await scrape(client)
+
     def grown(name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))
         return after.get(key, 0.0) - before.get(key, 0.0)
