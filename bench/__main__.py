@@ -627,7 +627,8 @@ def render(
             f"--stampede {args.stampede} --doc-kb {args.doc_kb:g}` on {machine}; "
             f"server on core 0, wrk on core 1, PostgreSQL on the same machine; "
             f"the service's pool and the raw asyncpg pool both hold 30 connections; "
-            f"{size:,}-byte result document; medians of {args.runs} interleaved runs; "
+            f"{size:,}-byte result document; medians of {args.runs} interleaved runs (a ratio is "
+            f"the median of the ratios within each round); "
             f"took {elapsed:.0f} s.",
             "",
             scenario_table(table),

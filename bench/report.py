@@ -53,10 +53,22 @@ class Goal:
 
 def ratio(scenarios: dict[str, Scenario], key: str, reference: str) -> float | None:
     """req/s of ``key`` over req/s of ``reference``, when both were measured (and the
-    reference answered at all)."""
+    reference answered at all).
+
+    With one run of each per round (the bench interleaves them), the median of the
+    rounds' own ratios: the machine's speed drifts between rounds, and a ratio taken
+    within a round cancels most of that drift. Otherwise the ratio of the medians.
+    """
     a, b = scenarios.get(key), scenarios.get(reference)
     if a is None or b is None or not (a.built and b.built and a.runs and b.runs):
         return None
+    if len(a.runs) == len(b.runs):
+        paired = [
+            x.requests_per_second / y.requests_per_second
+            for x, y in zip(a.runs, b.runs, strict=True)
+            if y.requests_per_second > 0
+        ]
+        return statistics.median(paired) if paired else None
     return a.rps() / b.rps() if b.rps() > 0 else None
 
 
