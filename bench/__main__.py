@@ -452,8 +452,12 @@ def main(argv: list[str] | None = None) -> int:
                 loads = {key: load for key, load in loads.items() if key in args.only}
             for key in loads:  # warm-up: prepared statements, pool, caches of the OS
                 measure(key, 1 if args.smoke else 2, args.connections)
-            for _ in range(args.runs):
-                for key in loads:
+            for round_number in range(args.runs):
+                # Every other round backwards: a row's place in a round (what ran just
+                # before it, how long the machine has been busy) then cancels out of the
+                # medians instead of favouring the rows that always come first.
+                order = list(loads) if round_number % 2 == 0 else list(reversed(loads))
+                for key in order:
                     table[key].runs.append(measure(key, args.seconds, args.connections))
                 if not args.only or "saturation" in args.only:
                     table["saturation"].runs.append(
