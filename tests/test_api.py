@@ -335,3 +335,21 @@ async def test_start_up_leaves_what_it_made_out_of_full_collections(
     async with make_client(database_url=sqlite_url) as client:
         assert (await client.get("/healthz")).status_code == 200
         assert gc.get_freeze_count() > 10_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        b'{"a":' + b'{"b":' * 100_000 + b"1" + b"}" * 100_001,
+    ],
+    ids=["arrays", "objects"],
+)
+async def test_a_document_nested_deeper_than_the_database_takes_is_422_not_500(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    """On PostgreSQL, JSONB's parser runs out of stack (SQLSTATE 54001); on SQLite, orjson
+    refuses past its depth limit. Either way the client gets a 4xx, never a 500."""
+    response = await client.put(f"/results/{unique_id()}", content=body, headers=JSON)
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"] == "application/problem+json"

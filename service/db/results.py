@@ -316,6 +316,11 @@ class ResultStore:
                 raise MalformedJSON(f"malformed JSON: {_database_detail(exc)}") from None
             if state is not None and state.startswith("22"):  # data exception
                 raise InvalidResult(f"the database refused the document ({state})") from None
+            if state is not None and state.startswith("54"):  # program limit exceeded
+                # 54001: JSONB's parser ran out of stack on a deeply nested document.
+                raise InvalidResult(
+                    f"the document exceeds a limit of the database ({state}): nested too deeply?"
+                ) from None
             raise
 
 
