@@ -112,12 +112,21 @@ async def service(pg_url: str) -> AsyncIterator[tuple[ASGIApp, dict[str, Any], S
     await forget_prefix(prefix)
 
 
-async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
+@pytest.fixture
+def paths(
     service: tuple[ASGIApp, dict[str, Any], Settings],
-) -> None:
+) -> tuple[ASGIApp, HitPath, Recorder, dict[str, Any]]:
+    """The full stack; the hit path in front of it (noting what reaches the stack); state."""
     full, state, settings = service
     behind = Recorder(full)
     fast = HitPath(behind, encodings=settings.compression_encodings, stats=state["compression"])
+    return full, fast, behind, state
+
+
+async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
+    paths: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
+) -> None:
+    full, fast, behind, state = paths
     ids = {name: f"diff-{name}-{unique_prefix()}" for name in ("big", "small", "deleted")}
     results = state["results"]
     await results.put(ids["big"], BIG)
@@ -186,11 +195,9 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
 
 
 async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
-    service: tuple[ASGIApp, dict[str, Any], Settings],
+    paths: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
 ) -> None:
-    full, state, settings = service
-    behind = Recorder(full)
-    fast = HitPath(behind, encodings=settings.compression_encodings, stats=state["compression"])
+    _, fast, behind, state = paths
     rid = f"hits-{unique_prefix()}"
     await state["results"].put(rid, BIG)
     path = f"/results/{rid}"
