@@ -113,7 +113,7 @@ async def service(pg_url: str) -> AsyncIterator[tuple[ASGIApp, dict[str, Any], S
 
 
 @pytest.fixture
-def paths(
+def layers(
     service: tuple[ASGIApp, dict[str, Any], Settings],
 ) -> tuple[ASGIApp, HitPath, Recorder, dict[str, Any]]:
     """The full stack; the hit path in front of it (noting what reaches the stack); state."""
@@ -124,9 +124,9 @@ def paths(
 
 
 async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
-    paths: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
+    layers: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
 ) -> None:
-    full, fast, behind, state = paths
+    full, fast, behind, state = layers
     ids = {name: f"diff-{name}-{unique_prefix()}" for name in ("big", "small", "deleted")}
     results = state["results"]
     await results.put(ids["big"], BIG)
@@ -195,9 +195,9 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
 
 
 async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
-    paths: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
+    layers: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
 ) -> None:
-    _, fast, behind, state = paths
+    _, fast, behind, state = layers
     rid = f"hits-{unique_prefix()}"
     await state["results"].put(rid, BIG)
     path = f"/results/{rid}"
