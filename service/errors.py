@@ -20,7 +20,9 @@ the boundary, so a caller catches these and nothing else::
     └── ResultError
         ├── InvalidAnalysisId     not 1-128 characters of A-Z a-z 0-9 . _ -
         ├── InvalidResult         not a JSON object, or a value the database refuses
-        │   └── MalformedJSON     not JSON at all
+        │   ├── MalformedJSON     not JSON at all
+    │   └── ResultTooLarge    stored, it would exceed the size limit (JSONB writes
+    │                         numbers in full: 1e-300 takes 302 characters)
         ├── ResultNotFound        no live result under that id
         └── PreconditionFailed    an If-Match / If-None-Match condition did not hold
 
@@ -127,6 +129,18 @@ class InvalidResult(ResultError, ValueError):
 
 class MalformedJSON(InvalidResult):
     """The document is not well-formed UTF-8 JSON."""
+
+
+class ResultTooLarge(InvalidResult):
+    """The document, as the database would store and serve it, exceeds the size limit.
+
+    ``size`` is that stored size in bytes (None when not known) and ``limit`` the limit.
+    """
+
+    def __init__(self, message: str, *, size: int | None, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class ResultNotFound(ResultError, LookupError):

@@ -30,7 +30,7 @@ async def empty_pg_url() -> AsyncIterator[str]:
 
 def test_scripts_are_found_and_have_a_head() -> None:
     assert (script_location() / "env.py").is_file()
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 async def test_replicas_migrating_together_run_it_once(empty_pg_url: str) -> None:
@@ -39,9 +39,9 @@ async def test_replicas_migrating_together_run_it_once(empty_pg_url: str) -> Non
         outcomes = await asyncio.gather(*(upgrade(p) for p in pools))
         # Exactly one replica saw the empty schema; the others waited on the lock.
         assert sorted(outcomes, key=str) == sorted(
-            [(None, "0001")] + [("0001", "0001")] * 3, key=str
+            [(None, "0002")] + [("0002", "0002")] * 3, key=str
         )
-        assert await current_revision(pools[0]) == "0001"
+        assert await current_revision(pools[0]) == "0002"
         async with pools[0].connection() as conn:
             columns = (
                 await conn.execute(
@@ -76,8 +76,8 @@ async def test_sqlite_migrators_are_serialised(sqlite_url: str) -> None:
     pools = [ConnectionPool(sqlite_url) for _ in range(3)]
     try:
         outcomes = await asyncio.gather(*(upgrade(p) for p in pools))
-        assert sorted(outcomes, key=str).count(("0001", "0001")) == 2
-        assert await current_revision(pools[0]) == "0001"
+        assert sorted(outcomes, key=str).count(("0002", "0002")) == 2
+        assert await current_revision(pools[0]) == "0002"
     finally:
         for p in pools:
             await p.aclose()

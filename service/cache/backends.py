@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import DefaultParser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,9 @@ class RedisBackend:
             timeout=pool_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
+            # Made once: by default each new connection reads redis-py's package
+            # metadata from disk (for CLIENT SETINFO), on the event loop.
+            driver_info=_DRIVER_INFO,
         )
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
@@ -311,11 +315,15 @@ class RedisBackend:
             self._url,
             socket_connect_timeout=self._socket_timeout,
             retry=Retry(NoBackoff(), 0),
+            driver_info=_DRIVER_INFO,
         )
 
     async def aclose(self) -> None:
         await self.client.aclose()
         await self._pool.disconnect()
+
+
+_DRIVER_INFO = DriverInfo()
 
 
 def uses_hiredis() -> bool:

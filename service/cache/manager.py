@@ -205,13 +205,23 @@ class CacheManager:
 
     async def get_raw(self, key: str, namespace: str | None = None) -> bytes | None:
         """The stored bytes as they are (no deserialization); None on a miss or outage."""
+        raw, _ = await self.lookup_raw(key, namespace)
+        return raw
+
+    async def lookup_raw(self, key: str, namespace: str | None = None) -> tuple[bytes | None, bool]:
+        """:meth:`get_raw`, and whether the backend was reached (False on an outage or
+        with the breaker open), so a caller can skip writing back to a backend that is
+        not answering."""
         full = self.full_key(key, namespace)
-        raw = await self._call(self.backend.get(full), None)
+        raw = await self._call(self.backend.get(full), _UNREACHED)
+        if raw is _UNREACHED:
+            self._misses += 1
+            return None, False
         if raw is None:
             self._misses += 1
         else:
             self._hits += 1
-        return raw
+        return raw, True
 
     async def set_if_newer(
         self,
@@ -323,6 +333,10 @@ class CacheManager:
 
     def _ttl(self, ttl: float | None) -> float | None:
         return self.default_ttl if ttl is None else _checked_ttl(ttl)
+
+
+_UNREACHED: Any = object()
+"""What a lookup returns in place of a value when the backend was not reached."""
 
 
 def _checked_ttl(ttl: float) -> float:

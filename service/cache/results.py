@@ -22,20 +22,29 @@ What is promised, and how:
   if notices cannot arrive, for at most L1_TTL.
 * **Encoded bytes ready for hot reads.** A version's body in each coding clients ask
   for is compressed once and kept with it in L1, charged to L1_MAX_BYTES.
-* **Fail-open.** With Redis unreachable, reads go to the store. A write whose version
-  could not reach Redis leaves the id *unsynced*: this process reads it from the store
-  (never from Redis, which may hold the old version) and repairs Redis in the
-  background as soon as it answers again.
+* **Fail-open.** With Redis unreachable, reads go to the store.
+* **No acknowledged write hidden by a stalled Redis, on any replica, across restarts.**
+  A write whose version could not reach Redis is noted in the store (the
+  ``unsynced_results`` table) before it is acknowledged; if even that fails, the write
+  is not acknowledged (the caller gets the store's error and may retry). Every replica
+  reads the notes when it starts, before it trusts Redis, and again every
+  UNSYNCED_POLL seconds: a noted id is read from the store, never from Redis (which may
+  hold, or get back, the old version), and leaves L1. Any replica repairs Redis once it
+  answers again (the current version, compare-and-set, with a notice) and only then
+  drops the note. So another replica serves a version older than an acknowledged
+  write for at most UNSYNCED_POLL seconds after a failed Redis write, and at most
+  L1_TTL after a successful one whose notice it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -57,6 +66,7 @@ from service.db.results import (
     validate_analysis_id,
 )
 from service.errors import CacheUnavailable, ConfigurationError, DatabaseError
+from service.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +74,11 @@ NAMESPACE = "results"
 ABSENT_TTL = 60.0
 """Seconds an id that was never written stays cached as absent (bounds what probing costs)."""
 MAX_UNSYNCED = 10_000
+"""Noted ids followed one by one; beyond this many the whole shared namespace is
+distrusted, then emptied, instead."""
+UNSYNCED_POLL = 1.0
+"""Seconds between two reads of the store's notes of unsynced writes: the bound on how
+long another replica may serve a version that a write could not put into Redis."""
 MAX_WRITTEN = 100_000
 """Ids whose latest local write is remembered (an LRU), to refuse older shared entries."""
 REPAIR_INTERVAL = 1.0
@@ -71,6 +86,16 @@ REPAIR_INTERVAL = 1.0
 Source = Literal["l1", "shared", "database"]
 L1 = LocalCache[ReadyResult | Absent]
 """The in-process tier: each id's current version, ready to send, or its absence."""
+
+
+@dataclass(slots=True)
+class _Unsynced:
+    """An id whose shared entry may be older than ``version``."""
+
+    version: int
+    durable: bool
+    """Noted in the store (so every replica, and a restart, knows) or only here."""
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +170,16 @@ class ResultCache:
         self._sender = uuid.uuid4().hex[:12]
         self._flights: dict[str, asyncio.Task[CachedRead]] = {}
         self._written: OrderedDict[str, int] = OrderedDict()
-        self._unsynced: dict[str, object] = {}
+        self._unsynced: dict[str, _Unsynced] = {}
         self._unsynced_overflow = False
+        self._notes_unknown = False
+        """True from start() until the store's notes were read once: Redis is not trusted."""
         self._repair: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self._notes_log = RateLimitedLog(logger, interval=5.0)
         self._listener: InvalidationListener | None = None
         backend = self.cache.backend
+        self._shared_can_fail = isinstance(backend, RedisBackend)
         if l1 is not None and isinstance(backend, RedisBackend):
             self._listener = InvalidationListener(
                 backend, self.channel, self._on_notice, self._drop_everything_local
@@ -171,7 +201,15 @@ class ResultCache:
         return self._listener
 
     async def start(self, wait: float = 1.0) -> None:
-        """Start listening for other replicas' writes (waits up to ``wait`` s for it)."""
+        """Read the store's notes of unsynced writes, then follow them and listen for
+        other replicas' writes (waits up to ``wait`` s for the listener).
+
+        Until the notes have been read once, reads do not trust Redis.
+        """
+        if self.store is not None and self._shared_can_fail and self._follow is None:
+            self._notes_unknown = True
+            await self._read_notes()
+            self._follow = asyncio.ensure_future(self._follow_notes())
         if self._listener is not None:
             self._listener.start()
             if not await self._listener.wait_connected(wait):
@@ -181,10 +219,11 @@ class ResultCache:
         """Stop the listener and repairs; close the CacheManager if this cache made it."""
         if self._listener is not None:
             await self._listener.aclose()
-        if self._repair is not None:
-            self._repair.cancel()
-            await asyncio.gather(self._repair, return_exceptions=True)
-            self._repair = None
+        for task in (self._repair, self._follow):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._repair = self._follow = None
         if self._owns_cache:
             await self.cache.aclose()
 
@@ -330,8 +369,9 @@ class ResultCache:
     async def _load(self, analysis_id: str) -> CachedRead:
         """One flight: the shared tier, else the store and a guarded fill."""
         me = asyncio.current_task()
+        reached = True
         if not self._is_unsynced(analysis_id):
-            raw = await self.cache.get_raw(analysis_id, NAMESPACE)
+            raw, reached = await self.cache.lookup_raw(analysis_id, NAMESPACE)
             found = _decode(analysis_id, raw)
             if found is not None and self._current(found):
                 self._shared_hits += 1
@@ -343,12 +383,12 @@ class ResultCache:
         self._loads += 1
         ready = None
         if self._flights.get(analysis_id) is me:  # no write has ended this flight
-            token = self._unsynced.get(analysis_id)
-            written = await self.cache.set_if_newer(
-                analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, self.ttl)
-            )
-            if written is not None:
-                self._synced(analysis_id, token)
+            if reached:
+                # Not when the lookup just failed: a second timeout would only add to
+                # this read's wait, and the entry is filled by a later read anyway.
+                await self.cache.set_if_newer(
+                    analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, self.ttl)
+                )
             if self._flights.get(analysis_id) is me:
                 ready = self._l1_set(analysis_id, found)
         return CachedRead(found, "database", ready)
@@ -387,9 +427,14 @@ class ResultCache:
         written = await self.cache.set_if_newer(
             analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, ttl), notice
         )
-        if written is None:
-            self._mark_unsynced(analysis_id)
         self._drop_local(analysis_id)
+        if written is None and self.store is not None and version:
+            # Redis may still hold (or get back) an older version: read this id from
+            # the store until Redis is repaired, here at once and, through the note,
+            # on every replica and after a restart. No note, no acknowledgment.
+            mark = self._mark_unsynced(analysis_id, version)
+            await self.store.note_unsynced(analysis_id, version)
+            mark.durable = True
         return written
 
     def _ttl_for(self, found: StoredResult | Absent, ttl: float | None) -> float:
@@ -455,33 +500,70 @@ class ResultCache:
     # Unsynced ids: their newest version did not reach Redis.
 
     def _is_unsynced(self, analysis_id: str) -> bool:
-        return self._unsynced_overflow or analysis_id in self._unsynced
+        return self._unsynced_overflow or self._notes_unknown or analysis_id in self._unsynced
 
-    def _mark_unsynced(self, analysis_id: str) -> None:
-        if len(self._unsynced) >= MAX_UNSYNCED:
-            # Too many to repair one by one: distrust the shared tier until it is cleared.
-            self._unsynced_overflow = True
-            self._unsynced.clear()
-        else:
-            self._unsynced[analysis_id] = object()
+    def _mark_unsynced(self, analysis_id: str, version: int, *, durable: bool = False) -> _Unsynced:
+        mark = self._unsynced.get(analysis_id)
+        if mark is None or mark.version < version:
+            mark = self._unsynced[analysis_id] = _Unsynced(version, durable)
+        if len(self._unsynced) > MAX_UNSYNCED:
+            self._overflow()
+        self._start_repair()
+        return mark
+
+    def _overflow(self) -> None:
+        """Too many ids to follow one by one: distrust the whole shared namespace until
+        it has been emptied (by the repair)."""
+        self._unsynced_overflow = True
+        self._drop_everything_local()
+
+    def _start_repair(self) -> None:
         if self._repair is None or self._repair.done():
             self._repair = asyncio.ensure_future(self._repair_loop())
 
-    def _synced(self, analysis_id: str, token: object | None) -> None:
-        if token is not None and self._unsynced.get(analysis_id) is token:
-            del self._unsynced[analysis_id]
+    async def _follow_notes(self) -> None:
+        while True:
+            await asyncio.sleep(UNSYNCED_POLL)
+            await self._read_notes()
+
+    async def _read_notes(self) -> None:
+        """Take in the store's notes: mark what is new, forget what was repaired."""
+        started = time.monotonic()
+        try:
+            notes = await self._store().unsynced(MAX_UNSYNCED + 1)
+        except DatabaseError as exc:
+            self._notes_log.warning(
+                "notes", "cannot read the notes of unsynced writes, will retry: %r", exc
+            )
+            return
+        self._notes_unknown = False
+        if len(notes) > MAX_UNSYNCED:
+            self._overflow()
+            self._start_repair()
+            return
+        noted = dict(notes)
+        for analysis_id, version in notes:
+            mark = self._unsynced.get(analysis_id)
+            if mark is None or mark.version < version:
+                self._unsynced[analysis_id] = _Unsynced(version, durable=True)
+                self._drop_local(analysis_id)
+        for analysis_id, mark in list(self._unsynced.items()):
+            # Gone from the store: some replica put that version into Redis.
+            if mark.durable and mark.since < started and analysis_id not in noted:
+                del self._unsynced[analysis_id]
+        if self._unsynced:
+            self._start_repair()
 
     async def _repair_loop(self) -> None:
-        """Put each unsynced id's current version into Redis once it answers again."""
+        """Put each unsynced id's current version into Redis once it answers again, then
+        drop its note."""
         while self._unsynced or self._unsynced_overflow:
             await asyncio.sleep(REPAIR_INTERVAL)
             try:
                 if self._unsynced_overflow:
-                    await self.cache.invalidate_namespace(NAMESPACE)
-                    self._unsynced_overflow = False
-                    await self.cache.publish(self.channel, self._notice(ALL))
+                    await self._empty_namespace()
                     continue
-                for analysis_id, token in list(self._unsynced.items())[:100]:
+                for analysis_id, mark in list(self._unsynced.items())[:100]:
                     found = await self._store().read(analysis_id)
                     written = await self.cache.set_if_newer(
                         analysis_id,
@@ -492,9 +574,22 @@ class ResultCache:
                     )
                     if written is None:
                         break
-                    self._synced(analysis_id, token)
+                    await self._store().forget_unsynced(analysis_id, _version(found))
+                    if self._unsynced.get(analysis_id) is mark:
+                        del self._unsynced[analysis_id]
             except (CacheUnavailable, DatabaseError) as exc:
-                logger.warning("cache repair deferred: %r", exc)
+                self._notes_log.warning("repair", "cache repair deferred: %r", exc)
+
+    async def _empty_namespace(self) -> None:
+        """The overflow's repair: empty the namespace, then drop every note made before."""
+        started = time.monotonic()
+        before = await self._store().database_now()
+        await self.cache.invalidate_namespace(NAMESPACE)
+        await self._store().forget_unsynced_before(before)
+        self._unsynced = {i: m for i, m in self._unsynced.items() if m.since >= started}
+        self._unsynced_overflow = False
+        self._drop_everything_local()
+        await self.cache.publish(self.channel, self._notice(ALL))
 
 
 def _id_of(found: StoredResult | Absent) -> str:

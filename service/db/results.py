@@ -24,7 +24,19 @@ from typing import cast as cast_as
 
 import asyncpg
 import orjson
-from sqlalchemy import BigInteger, Text, bindparam, case, cast, null, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Connection, Dialect
@@ -34,13 +46,14 @@ from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable, 
 
 from service.db._engine import await_
 from service.db.pool import ConnectionPool, sqlstate
-from service.db.schema import results
+from service.db.schema import results, unsynced_results
 from service.errors import (
     InvalidAnalysisId,
     InvalidResult,
     MalformedJSON,
     PreconditionFailed,
     ResultNotFound,
+    ResultTooLarge,
 )
 
 _JSON_WHITESPACE = " \t\n\r"
@@ -181,12 +194,22 @@ class ResultStore:
     """Reads and writes results in the database behind a :class:`ConnectionPool`.
 
     Raises only this package's errors: :class:`InvalidAnalysisId`,
-    :class:`InvalidResult`, :class:`ResultNotFound`, :class:`PreconditionFailed`, and
-    the pool's :class:`DatabaseUnavailable` / :class:`PoolExhausted`.
+    :class:`InvalidResult` (and :class:`ResultTooLarge`), :class:`ResultNotFound`,
+    :class:`PreconditionFailed`, and the pool's :class:`DatabaseUnavailable` /
+    :class:`PoolExhausted`.
+
+    ``max_document_bytes`` bounds a document *as stored*, which is what every later read
+    sends and every cache holds: PostgreSQL's JSONB writes numbers in full and adds a
+    space after each ``:`` and ``,``, so a document can grow on the way in (``1e-16383``
+    becomes 16,392 characters). A write whose stored text would exceed it is refused
+    with :class:`ResultTooLarge` and changes nothing. None (the default) sets no bound.
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, max_document_bytes: int | None = None) -> None:
+        if max_document_bytes is not None and max_document_bytes < 2:
+            raise ValueError("max_document_bytes must be at least 2 (the size of {})")
         self._pool = pool
+        self.max_document_bytes = max_document_bytes
         self._statements = _Statements(pool.dialect)
         self.on_query: Callable[[str, float], None] | None = None
         """Called with each operation's name and seconds (metrics use it)."""
@@ -228,7 +251,10 @@ class ResultStore:
         """
         validate_analysis_id(analysis_id)
         text = encode_document(document, parse=not self._statements.database_parses_json)
-        params = {"id": analysis_id, "doc": text, "ts": datetime.now(UTC)}
+        limit = self.max_document_bytes
+        if limit is not None and len(text.encode()) > limit:
+            raise _too_large(len(text.encode()), limit)
+        params = {"id": analysis_id, "doc": text, "ts": datetime.now(UTC), "max": limit}
         s = self._statements
         if if_match is not None and if_none_match:
             raise PreconditionFailed("If-Match and If-None-Match: * cannot both hold")
@@ -303,6 +329,42 @@ class ResultStore:
             self.on_query("list", time.perf_counter() - started)
         return text.encode()
 
+    # Writes that could not reach the shared cache (see ResultCache): a durable list, so
+    # that no replica, nor this one after a restart, trusts the cache for those ids.
+
+    async def note_unsynced(self, analysis_id: str, version: int) -> None:
+        """Record that the shared cache may hold a version of ``analysis_id`` older than
+        ``version`` (a row per id keeps the highest version noted)."""
+        await self._first(
+            "unsynced", self._statements.note_unsynced, {"id": analysis_id, "version": version}
+        )
+
+    async def unsynced(self, limit: int) -> tuple[tuple[str, int], ...]:
+        """Up to ``limit`` noted ``(analysis_id, version)`` pairs, oldest first."""
+        rows = await self._pool.run(
+            self._statements.rows(self._statements.unsynced, {"limit": limit})
+        )
+        return tuple((analysis_id, version) for analysis_id, version in rows)
+
+    async def forget_unsynced(self, analysis_id: str, version: int) -> bool:
+        """Drop the note of ``analysis_id`` if it asks for ``version`` or less (the shared
+        cache now holds that version or a newer one); True when a note was dropped."""
+        params = {"id": analysis_id, "version": version}
+        return await self._first("unsynced", self._statements.forget_unsynced, params) is not None
+
+    async def forget_unsynced_before(self, moment: datetime) -> int:
+        """Drop every note made before ``moment`` (after the whole shared namespace was
+        emptied); return how many. ``moment`` comes from :meth:`database_now`."""
+        statement = self._statements.forget_unsynced_before
+        return len(await self._pool.run(self._statements.rows(statement, {"before": moment})))
+
+    async def database_now(self) -> datetime:
+        """The database's clock, which times the notes (replicas' clocks may differ)."""
+        moment: datetime = await self._pool.run(
+            self._statements.value(self._statements.database_now, {})
+        )
+        return _utc(moment)
+
     async def _first(self, operation: str, statement: Executable, params: dict[str, Any]) -> Any:
         started = time.perf_counter()
         try:
@@ -316,6 +378,11 @@ class ResultStore:
                 raise MalformedJSON(f"malformed JSON: {_database_detail(exc)}") from None
             if state is not None and state.startswith("22"):  # data exception
                 raise InvalidResult(f"the database refused the document ({state})") from None
+            if state == "54000" and _database_detail(exc).startswith("stored document would be"):
+                # stored_text_within() refused the write (migration 0002).
+                size = getattr(getattr(exc, "orig", None) or exc, "detail", None)
+                known = int(size) if size and size.isdigit() else None
+                raise _too_large(known, params["max"]) from None
             if state is not None and state.startswith("54"):  # program limit exceeded
                 # 54001: JSONB's parser ran out of stack on a deeply nested document.
                 raise InvalidResult(
@@ -386,7 +453,14 @@ class _Statements:
         }
         # A write returns the text as the database will hand it back (JSONB normalizes
         # it), so a cache filled from the write holds the same bytes as one filled by a read.
-        stored = (*written, cast(t.c.result, Text))
+        # On PostgreSQL that text is checked against the size bound in the same statement
+        # (an error there aborts the write); on SQLite the text is stored as sent.
+        stored_text: ColumnElement[Any] = cast(t.c.result, Text)
+        if dialect == "postgresql":
+            stored_text = func.stored_text_within(
+                stored_text, bindparam("max", type_=BigInteger), type_=Text
+            )
+        stored = (*written, stored_text)
         self.upsert = new.on_conflict_do_update(
             index_elements=[t.c.analysis_id], set_=revive_or_replace
         ).returning(*stored)
@@ -411,6 +485,34 @@ class _Statements:
         self.list_after = listing.where(t.c.analysis_id > bindparam("after")).limit(
             bindparam("limit")
         )
+        u = unsynced_results
+        note = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(u).values(
+            analysis_id=bindparam("id"), version=bindparam("version"), noted_at=func.now()
+        )
+        self.note_unsynced = note.on_conflict_do_update(
+            index_elements=[u.c.analysis_id],
+            set_={
+                "version": case(
+                    (u.c.version > note.excluded.version, u.c.version),
+                    else_=note.excluded.version,
+                ),
+                "noted_at": func.now(),
+            },
+        ).returning(u.c.version)
+        self.unsynced = (
+            select(u.c.analysis_id, u.c.version)
+            .order_by(u.c.noted_at, u.c.analysis_id)
+            .limit(bindparam("limit"))
+        )
+        self.forget_unsynced = (
+            delete(u)
+            .where(u.c.analysis_id == bindparam("id"), u.c.version <= bindparam("version"))
+            .returning(u.c.analysis_id)
+        )
+        self.forget_unsynced_before = (
+            delete(u).where(u.c.noted_at < bindparam("before")).returning(u.c.analysis_id)
+        )
+        self.database_now = select(func.now())
         self.page_json_first: TextClause | None = None
         self.page_json_after: TextClause | None = None
         self._driver: dict[Executable, _DriverStatement] = {}
@@ -511,6 +613,17 @@ def _database_detail(exc: BaseException) -> str:
     message = getattr(inner, "message", None) or str(inner).splitlines()[0]
     detail = getattr(inner, "detail", None)
     return (f"{message}: {detail}" if detail else message)[:200]
+
+
+def _too_large(size: int | None, limit: int) -> ResultTooLarge:
+    stored = f"{size} bytes" if size is not None else "more"
+    return ResultTooLarge(
+        f"as stored, the document would be {stored}, over the limit of {limit} bytes"
+        " (MAX_RESULT_BYTES); PostgreSQL writes every number in full (1e-300 takes 302"
+        " characters): send very large or very small numbers as strings",
+        size=size,
+        limit=limit,
+    )
 
 
 def _json_kind(value: Any) -> str:

@@ -6,7 +6,7 @@ queries use, so a change here must come with a migration.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, MetaData, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, MetaData, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -23,4 +23,14 @@ results = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Writes whose version could not be put into the shared cache (Redis): while an id has
+# a row here, no replica serves it from Redis. See ResultCache.
+unsynced_results = Table(
+    "unsynced_results",
+    metadata,
+    Column("analysis_id", Text().with_variant(Text(collation="C"), "postgresql"), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("noted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
