@@ -29,9 +29,11 @@ logger = logging.getLogger("service")
 def app_factory() -> Starlette:
     """What uvicorn imports in each worker: settings from the environment, logging, app."""
     from service.app import create_app
+    from service.server import configure
 
     settings = Settings.from_environ()
     configure_logging(settings.log_level, settings.log_format)
+    configure(settings)  # the request-head limits of this worker's HTTP protocol
     return create_app(settings)
 
 
@@ -57,7 +59,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         loop=loop,
-        http="httptools",
+        http="service.server:GuardedHttpToolsProtocol",
         lifespan="on",
         access_log=args.access_log,
         log_config=None,

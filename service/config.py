@@ -77,6 +77,10 @@ class Settings:
     compression_br_level: int = DEFAULT_LEVELS[BR]
     compression_gzip_level: int = DEFAULT_LEVELS[GZIP]
     max_result_bytes: int = MiB
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     admin_token: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -114,6 +118,10 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(f"COMPRESSION_{coding.upper()}_LEVEL", str(exc)) from None
         _at_least("MAX_RESULT_BYTES", self.max_result_bytes, 2)
+        _at_least("MAX_HEADER_BYTES", self.max_header_bytes, 1024)
+        _at_least("MAX_HEADERS", self.max_headers, 8)
+        _at_least("HEADER_TIMEOUT", self.header_timeout, 0.001)
+        _at_least("BODY_TIMEOUT", self.body_timeout, 0.001)
         if not self.cache_prefix or ":" in self.cache_prefix:
             raise ConfigurationError("CACHE_PREFIX", "must be non-empty and hold no ':'")
         unknown = [e for e in self.compression_encodings if e not in _ENCODINGS]
@@ -200,6 +208,10 @@ class Settings:
             compression_br_level=read("COMPRESSION_BR_LEVEL", _integer, DEFAULT_LEVELS[BR]),
             compression_gzip_level=read("COMPRESSION_GZIP_LEVEL", _integer, DEFAULT_LEVELS[GZIP]),
             max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
+            max_header_bytes=read("MAX_HEADER_BYTES", _integer, 32 * 1024),
+            max_headers=read("MAX_HEADERS", _integer, 100),
+            header_timeout=read("HEADER_TIMEOUT", _number, 10.0),
+            body_timeout=read("BODY_TIMEOUT", _number, 30.0),
             admin_token=optional("ADMIN_TOKEN"),
             metrics_port=read("METRICS_PORT", _integer, None),
             metrics_host=read("METRICS_HOST", str, "127.0.0.1"),

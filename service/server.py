@@ -1,0 +1,234 @@
+"""The HTTP server's own limits: how big and how slow a request head may be.
+
+uvicorn's httptools protocol buffers a request head without bound (a 64 MiB header
+was accepted, and parsing it blocked the event loop) and waits for it without a
+deadline (a client sending one byte a second held its connection forever, and a
+thousand such clients held a thousand). :class:`GuardedHttpToolsProtocol` adds:
+
+* MAX_HEADER_BYTES: the request line and headers together; more is answered 431.
+  At most that plus one read from the socket is ever buffered.
+* MAX_HEADERS: how many header fields; more is 431.
+* HEADER_TIMEOUT: seconds from a connection's start (or a request's first byte) to
+  the end of its head; then 408 and the connection is closed.
+
+Both answers are problem+json with ``Connection: close``, logged as one WARNING line at
+most every five seconds per kind (a client misbehaving is not the service failing). The body has its
+own deadline, BODY_TIMEOUT, enforced where it is read (``service.api.body``).
+
+``service serve`` uses this protocol; :func:`configure` sets its limits (each worker's
+app factory calls it with the settings it read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.config import Settings
+from service.logs import RateLimitedLog
+
+logger = logging.getLogger("service.server")
+_refusals = RateLimitedLog(logger, interval=5.0)
+
+LINGER = 2.0
+"""Seconds a refused connection is kept half-closed, dropping what the client sends."""
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """What a request head may cost; the defaults are the settings' defaults."""
+
+    max_bytes: int = _DEFAULTS["max_header_bytes"]
+    max_fields: int = _DEFAULTS["max_headers"]
+    timeout: float = _DEFAULTS["header_timeout"]
+
+
+def configure(settings: Settings) -> None:
+    """Use ``settings``' MAX_HEADER_BYTES, MAX_HEADERS and HEADER_TIMEOUT from now on."""
+    GuardedHttpToolsProtocol.limits = HeadLimits(
+        settings.max_header_bytes, settings.max_headers, settings.header_timeout
+    )
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; carries the answer."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+
+
+def _too_large(detail: str) -> _Refused:
+    return _Refused(431, "header-too-large", "Request header fields too large", detail)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bounded, timed request head."""
+
+    limits: ClassVar[HeadLimits] = HeadLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._received = 0
+        """Bytes received since the head began (bounds what the parser buffers)."""
+        self._parsed = 0
+        """Bytes of request line and header fields parsed (the exact measure)."""
+        self._fields = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        if self._lingering is not None:
+            self._lingering.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, with one more outcome: a refusal raised by a callback below.
+        if self._lingering is not None:
+            return  # refused: what the client still sends is dropped unread
+        if self._in_head:
+            self._received += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self._refuse(exc.__context__)
+                return
+            raise
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._in_head and self._received > self.limits.max_bytes:
+            # An unfinished head already past the limit: stop buffering it.
+            self._refuse(_too_large(self._size_detail()))
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._received = self._parsed = self._fields = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        self._fields += 1
+        if self._fields > self.limits.max_fields:
+            raise _too_large(f"more than {self.limits.max_fields} header fields (MAX_HEADERS)")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    # Internals
+
+    def _count(self, size: int) -> None:
+        self._parsed += size
+        if self._parsed > self.limits.max_bytes:
+            raise _too_large(self._size_detail())
+
+    def _size_detail(self) -> str:
+        return (
+            f"the request line and headers exceed {self.limits.max_bytes} bytes (MAX_HEADER_BYTES)"
+        )
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.timeout, self._head_too_slow)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._received == 0 and self.cycle is None:
+            # Nothing was ever sent: no one is waiting for an answer.
+            self.transport.close()
+            return
+        self._refuse(
+            _Refused(
+                408,
+                "request-timeout",
+                "Request timeout",
+                f"the request head did not arrive within {self.limits.timeout:g} s"
+                " (HEADER_TIMEOUT)",
+            )
+        )
+
+    def _refuse(self, refusal: _Refused) -> None:
+        """Answer ``refusal`` (unless a response is under way) and close the connection.
+
+        Closed the way nginx does it ("lingering close"): the answer, then our half of
+        the connection, then whatever the client still sends is read and dropped for up
+        to LINGER seconds. Closing at once with unread data would reset the connection,
+        and a reset can destroy the answer before the client reads it.
+        """
+        self._in_head = False
+        self._disarm_head_timer()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        _refusals.warning(
+            refusal.slug, "%s refused with %d: %s", client, refusal.status, refusal.detail
+        )
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            transport.close()  # a response is being sent: it cannot be followed by ours
+            return
+        body = orjson.dumps(
+            {
+                "type": f"/problems/{refusal.slug}",
+                "title": refusal.title,
+                "status": refusal.status,
+                "detail": refusal.detail,
+            }
+        )
+        transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (refusal.status, refusal.title.encode())
+            + b"content-type: application/problem+json\r\n"
+            + b"content-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._lingering = self.loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
