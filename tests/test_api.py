@@ -224,17 +224,23 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, body: bytes) -> 
     assert "INSERT" not in problem["detail"]
 
 
-async def test_numbers_beyond_a_double_are_kept_exactly_on_postgresql(
-    make_client: ClientFactory, pg_url: str
+async def test_numbers_beyond_a_double_are_kept_exactly(
+    make_client: ClientFactory, database_url: str
 ) -> None:
-    """JSON allows any number; JSONB keeps it as numeric, so nothing is refused or rounded
-    (the body is parsed by PostgreSQL, not into Python floats)."""
-    async with make_client(database_url=pg_url) as client:
+    """JSON allows any number: nothing is refused or rounded. JSONB keeps it as numeric
+    (PostgreSQL parses the body, not Python); SQLite keeps the text as sent. NaN and
+    Infinity are not JSON and stay refused."""
+    async with make_client(database_url=database_url) as client:
         rid = unique_id()
         body = b'{"huge": 1e400, "long": 123456789012345678901234567890.5}'
         assert (await client.put(f"/results/{rid}", content=body, headers=JSON)).status_code == 201
         read = await client.get(f"/results/{rid}", headers={"accept-encoding": "identity"})
-    assert read.content.startswith(b'{"huge": 1')
+        for constant in (b"NaN", b"Infinity", b"-Infinity"):
+            refused = await client.put(
+                f"/results/{rid}", content=b'{"x": ' + constant + b"}", headers=JSON
+            )
+            assert_problem(refused, 400)
+    assert read.content.startswith((b'{"huge": 1', b'{"huge": 1e400'))
     assert b"123456789012345678901234567890.5" in read.content
 
 

@@ -14,6 +14,7 @@ the stored text (``result::text`` on PostgreSQL) without parsing it.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -104,7 +105,7 @@ def encode_document(document: Mapping[str, Any] | bytes, *, parse: bool = True) 
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise MalformedJSON(f"malformed JSON: {exc}") from None
+            parsed = _parse_beyond_double(text, exc)
         if not isinstance(parsed, dict):
             raise InvalidResult(f"a result must be a JSON object, not {_json_kind(parsed)}")
         return text
@@ -114,6 +115,21 @@ def encode_document(document: Mapping[str, Any] | bytes, *, parse: bool = True) 
         return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError as exc:
         raise InvalidResult(f"result cannot be serialized: {exc}") from None
+
+
+def _parse_beyond_double(text: str, error: orjson.JSONDecodeError) -> Any:
+    """Parse what orjson refused only because a number is beyond a double (``1e400``):
+    valid JSON, which the text stores exactly as sent. Anything else is malformed."""
+    if "infinity" not in str(error):
+        raise MalformedJSON(f"malformed JSON: {error}") from None
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise MalformedJSON(f"malformed JSON: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
