@@ -8,12 +8,14 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from time import perf_counter
 from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import admin, health, metrics, openapi, results
 from service.api.reads import HitPath
@@ -73,7 +75,7 @@ def create_app(
                 logger.info("using database %s", pool.safe_url)
             if settings.migrate_on_start:
                 await upgrade(pool)
-            store = ResultStore(pool)
+            store = ResultStore(pool, max_document_bytes=settings.max_result_bytes)
             monitor.watch_pool(pool)
             store.on_query = monitor.time_query
             cache = ResultCache.from_settings(settings, store)
@@ -147,10 +149,15 @@ def create_app(
                 stats=compression,
             ),
         ],
+        # Each class listed before Exception is answered by Starlette's exception
+        # middleware and goes no further; what reaches the Exception entry is a 500,
+        # logged with its traceback, and re-raised to the server. ClientDisconnect
+        # (a client gone mid-body, wherever the body was read) is a 499, not a 500.
         exception_handlers={
             HTTPException: handle_exception,
             Problem: handle_exception,
             ServiceError: handle_exception,
+            ClientDisconnect: handle_exception,
             Exception: handle_exception,
         },
     )
@@ -165,10 +172,64 @@ class ServiceApp(Starlette):
         super().__init__(**options)
 
     def build_middleware_stack(self) -> ASGIApp:
-        app = super().build_middleware_stack()
+        # CancelledRequests right around the framework: inside the hit path, which
+        # never waits on anything a shutdown could cancel, so a hit does not pay for it.
+        app: ASGIApp = CancelledRequests(super().build_middleware_stack())
         for cls, args, kwargs in reversed(self.outer):
             app = cls(app, *args, **kwargs)
         return app
+
+
+class CancelledRequests:
+    """Pure ASGI: a request cancelled under the app is one WARNING line and a 503.
+
+    uvicorn cancels the requests still running ``timeout_graceful_shutdown`` seconds
+    after SIGTERM; Starlette's error handling catches ``Exception`` only, so the
+    ``CancelledError`` went on to uvicorn, which logged it as an ERROR with a full
+    traceback and answered a plain-text 500. A shutdown is an operator's decision and a
+    slow client's request is no fault of the service: so one WARNING line here (method,
+    path, time; no traceback, which would only say where the request waited), a 503
+    problem with ``Retry-After`` and ``Connection: close`` when nothing was sent yet (the
+    client should retry, on another replica), and the cancellation re-raised, as asyncio
+    requires. :class:`service.logs.ShutdownCancellations` drops uvicorn's traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def watch(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+            await send(message)
+
+        started = perf_counter()
+        try:
+            await self.app(scope, receive, watch)
+        except asyncio.CancelledError:
+            logger.warning(
+                "%s %.120r cancelled after %.3f s (server shutting down)%s",
+                scope["method"][:16],
+                scope["path"],  # the client's text: repr'd (no control characters), capped
+                perf_counter() - started,
+                "" if answered else "; answered 503",
+            )
+            if not answered:
+                problem = Problem(
+                    503,
+                    "the server is shutting down; retry the request",
+                    slug="shutting-down",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                )
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await problem.response()(scope, receive, send)
+            raise
 
 
 def _freeze_what_start_up_made() -> None:

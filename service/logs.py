@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -44,6 +45,39 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logging.getLogger(name).propagate = True
     # Alembic narrates every step at INFO; service.db.migrations logs what changed.
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    quiet_shutdown_cancellations()
+
+
+class ShutdownCancellations(logging.Filter):
+    """On ``uvicorn.error``: a graceful shutdown's cancellations are not errors.
+
+    When in-flight requests outlive ``timeout_graceful_shutdown``, uvicorn logs
+    "Cancel N running task(s)" at ERROR, then "Exception in ASGI application" with a
+    full traceback of each request's ``CancelledError``. Neither is a fault (an operator
+    stopped the server; a slow client may have held a request open), so the first is
+    demoted to WARNING and the second dropped: :class:`service.app.CancelledRequests`
+    already logged that request in one WARNING line (method, path, time) and answered
+    it. Any other record, and any other exception's traceback, passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        message = record.msg
+        if isinstance(message, str) and message.startswith("Cancel ") and "graceful" in message:
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
+def quiet_shutdown_cancellations() -> None:
+    """Install :class:`ShutdownCancellations` on ``uvicorn.error`` (once)."""
+    target = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ShutdownCancellations) for f in target.filters):
+        target.addFilter(ShutdownCancellations())
 
 
 class RateLimitedLog:

@@ -694,8 +694,9 @@ async def test_left_alone(messages: list[Message], request_headers: Headers, var
 
 
 @pytest.mark.parametrize("coding", CODINGS)
-async def test_head_has_the_headers_get_would_have_without_content_length(coding: str) -> None:
-    """HEAD: Content-Encoding, Vary and the suffixed ETag of GET; no Content-Length."""
+async def test_head_has_the_headers_get_would_have(coding: str) -> None:
+    """HEAD: every header GET gets, Content-Length of the encoded body included
+    (RFC 9110 section 9.3.2), and no body."""
     app = json_response(document(100), headers={"etag": '"7"', "accept-ranges": "bytes"})
     middleware = CompressionMiddleware(app)
     get = await call(middleware, coding)
@@ -703,12 +704,14 @@ async def test_head_has_the_headers_get_would_have_without_content_length(coding
     assert head.header("etag") == f'"7-{coding}"'
     assert head.header("content-encoding") == coding
     assert head.header("accept-ranges") is None
-    assert head.headers == [h for h in get.headers if h[0] != "content-length"]
+    assert head.headers == get.headers
     transport = httpx.ASGITransport(app=middleware)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.head("/", headers={"accept-encoding": coding})
+        full = await client.get("/", headers={"accept-encoding": coding})
     assert response.content == b""
-    assert "content-length" not in response.headers
+    assert response.headers["content-length"] == full.headers["content-length"]
+    assert int(response.headers["content-length"]) < len(document(100))
 
 
 async def test_head_under_the_minimum_is_identity() -> None:

@@ -1,14 +1,22 @@
-"""Reading a JSON request body without ever holding more than the limit.
+"""Reading a JSON request body without ever holding more than the limit, or waiting
+longer than BODY_TIMEOUT for it.
 
 The limit is checked against Content-Length before anything is read, and again while
-the body streams in, so a 1 GiB upload costs at most ``limit`` bytes of memory.
+the body streams in, so a 1 GiB upload costs at most ``limit`` bytes of memory. A
+client that trickles its body is cut off after ``body_timeout`` seconds in total (408),
+so it cannot hold a request, and a connection, for as long as it likes. A client that
+goes away mid-body is a 499 (see :func:`service.api.responses.client_closed`): its
+fault, not the service's, so never a 5xx nor an ERROR line.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import asyncio
 
-from service.api.responses import Problem
+from starlette.requests import ClientDisconnect, Request
+
+from service.api.responses import Problem, client_closed, quoted
+from service.core.validators import bounded_decimal
 
 
 def require_json(request: Request) -> None:
@@ -18,9 +26,10 @@ def require_json(request: Request) -> None:
     if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
+        shown = quoted(media_type) if media_type else "unlabelled"
         raise Problem(
             415,
-            f"the body must be application/json, not {media_type or 'unlabelled'}",
+            f"the body must be application/json, not {shown}",
             slug="unsupported-media-type",
             headers={"Accept-Put": "application/json"},
         )
@@ -29,19 +38,37 @@ def require_json(request: Request) -> None:
 async def read_limited(request: Request, limit: int, setting: str = "MAX_RESULT_BYTES") -> bytes:
     """The whole body, or a 413 problem as soon as it is known to exceed ``limit``.
 
-    ``setting`` names where the limit comes from, for the problem's detail.
+    ``setting`` names where the limit comes from, for the problem's detail. The whole
+    read may take at most the ``body_timeout`` of the app's settings (when the request
+    state has settings): then 408, with ``Connection: close``.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # Any number of digits is a valid Content-Length: one past the limit is enough
+        # to refuse it, and int() never sees more digits than the limit has.
+        size = bounded_decimal(declared, limit + 1)
+        if size is None and not (declared.isascii() and declared.isdigit()):
             raise Problem(400, "Content-Length is not a number", slug="bad-request")
-        if int(declared) > limit:
+        if size is None or size > limit:
             raise _too_large(limit, setting)
+    settings = getattr(request.state, "settings", None)
+    timeout: float | None = getattr(settings, "body_timeout", None)
     received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > limit:
-            raise _too_large(limit, setting)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > limit:
+                    raise _too_large(limit, setting)
+    except ClientDisconnect:
+        raise client_closed() from None
+    except TimeoutError:
+        raise Problem(
+            408,
+            f"the body did not arrive within {timeout:g} s (BODY_TIMEOUT)",
+            slug="request-timeout",
+            headers={"Connection": "close"},
+        ) from None
     return bytes(received)
 
 

@@ -6,7 +6,8 @@ version names exactly one stored document.
 
 from __future__ import annotations
 
-from service.api.responses import Problem
+from service.api.responses import Problem, quoted
+from service.core.validators import version_of_tag
 from service.db.results import IfMatch
 
 
@@ -17,8 +18,11 @@ def _entity_tags(header: str) -> list[str]:
 def parse_if_match(header: str | None) -> IfMatch:
     """The version If-Match requires, ``"*"``, or None when there is no header.
 
-    A weak or foreign tag can never match (strong comparison), so it fails the
-    precondition with 412. Several tags are refused with 400: say one version.
+    Strong comparison (RFC 9110 section 13.1.1): only the exact tag the service sends
+    for a version can match it. A weak tag, a foreign one, a non-canonical number
+    (``"006"``, ``"+6"``) or one past the largest version (a BIGINT) names no version,
+    so the precondition fails with 412 before anything is read. Several tags are
+    refused with 400: say one version. The tag is quoted capped in the detail.
     """
     if header is None:
         return None
@@ -29,15 +33,14 @@ def parse_if_match(header: str | None) -> IfMatch:
         raise Problem(
             400, "If-Match must hold exactly one entity tag or *", slug="bad-precondition"
         )
-    tag = tags[0]
-    digits = tag[1:-1] if len(tag) > 2 and tag[0] == tag[-1] == '"' else ""
-    if not digits.isascii() or not digits.isdigit():
+    version = version_of_tag(tags[0])
+    if version is None:
         raise Problem(
             412,
-            f"If-Match {tag} does not name a version of this result",
+            f"If-Match {quoted(tags[0])} does not name a version of this result",
             slug="precondition-failed",
         )
-    return int(digits)
+    return version
 
 
 def parse_if_none_match_for_write(header: str | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,8 +13,15 @@ from service.api.responses import JSONResponse, Problem
 from service.cache.results import ResultCache
 from service.db.pool import ConnectionPool
 from service.errors import DatabaseError
+from service.logs import RateLimitedLog
+
+logger = logging.getLogger(__name__)
 
 READINESS_TIMEOUT = 2.0
+
+_not_ready_warnings = RateLimitedLog(logger, interval=1.0)
+"""Probes hit /readyz every few seconds during an outage: one line a second at most, as
+every other outage log (:func:`service.api.responses.handle_exception`)."""
 
 
 async def healthz(request: Request) -> Response:
@@ -25,15 +33,23 @@ async def readyz(request: Request) -> Response:
     """200 when the database answers within 2 s, else 503 (take it out of rotation).
 
     The cache is reported, not required: the service answers from the database
-    without it.
+    without it. A 503 is logged as one WARNING line, rate-limited: the probe keeps
+    asking all through an outage, and its traceback would say nothing new.
     """
     pool: ConnectionPool = request.state.pool
     checks = {"database": "ok", "cache": _cache_state(request.state.results)}
     try:
         async with asyncio.timeout(READINESS_TIMEOUT):
             await pool.ping()
-    except (DatabaseError, TimeoutError):
+    except (DatabaseError, TimeoutError) as exc:
         checks["database"] = "unavailable"
+        reason = str(exc) or f"no answer within {READINESS_TIMEOUT:g} s"
+        _not_ready_warnings.warning(
+            "database",
+            "not ready: the database is unavailable (%s: %s)",
+            type(exc).__name__,
+            reason,
+        )
         raise Problem(
             503,
             "the database is unavailable",

@@ -3,18 +3,21 @@
 Every error leaves the service as ``application/problem+json`` with ``type``,
 ``title``, ``status`` and ``detail``. Problems specific to this service have a
 ``type`` under ``/problems/``; plain HTTP ones use ``about:blank`` as RFC 9457 asks.
-Details never carry SQL, driver messages or settings: those go to the log only.
+Details never carry SQL, driver messages or settings: those go to the log only. Text
+a client sent (a header, a path segment) is quoted through :func:`quoted`, which caps it,
+and every detail is capped again at :data:`MAX_DETAIL`: an error must never cost what
+the request that caused it did (a 1 MB If-Match once came back in a 1 MB 412).
 """
 
 from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service import errors
@@ -23,6 +26,25 @@ from service.logs import RateLimitedLog
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+MAX_QUOTED: Final = 64
+"""Characters of client-supplied text a detail quotes; the rest becomes an ellipsis."""
+MAX_DETAIL: Final = 512
+"""Characters of any detail: a last bound for a message quoting more than it should."""
+CLIENT_CLOSED_REQUEST: Final = 499
+"""nginx's status for a client that went away before the answer: never sent, counted."""
+
+
+def quoted(text: str, limit: int = MAX_QUOTED) -> str:
+    """``text`` as a detail quotes it: ``repr`` (control characters escaped), at most
+    ``limit`` characters of it, then an ellipsis."""
+    if len(text) <= limit:
+        return repr(text)
+    shown = repr(text[:limit])
+    return f"{shown[:-1]}\u2026{shown[-1]}"
+
+
+def _capped(detail: str) -> str:
+    return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 1] + "\u2026"
 
 
 class JSONResponse(Response):
@@ -56,6 +78,7 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         **extensions: Any,
     ) -> None:
+        detail = _capped(detail)
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -80,6 +103,7 @@ class Problem(Exception):
 TITLES = {
     "bad-precondition": "Unsupported precondition header",
     "bad-request": "Bad request",
+    "client-closed-request": "Client closed request",
     "cache-unavailable": "Cache unavailable",
     "database-unavailable": "Database unavailable",
     "forbidden": "Forbidden",
@@ -93,7 +117,10 @@ TITLES = {
     "payload-too-large": "Result too large",
     "pool-exhausted": "Database connections exhausted",
     "precondition-failed": "Precondition failed",
+    "request-timeout": "Request timeout",
     "result-not-found": "Result not found",
+    "shutting-down": "Shutting down",
+    "result-too-large": "Stored result too large",
     "unauthorized": "Unauthorized",
     "unsupported-media-type": "Unsupported media type",
 }
@@ -108,6 +135,8 @@ def problem_for(exc: Exception) -> Problem:
     match exc:
         case Problem():
             return exc
+        case ClientDisconnect():
+            return client_closed()
         case HTTPException():
             phrase = HTTPStatus(exc.status_code).phrase
             detail = (
@@ -120,6 +149,8 @@ def problem_for(exc: Exception) -> Problem:
             return Problem(422, str(exc), slug="invalid-analysis-id")
         case errors.MalformedJSON():
             return Problem(400, str(exc), slug="malformed-json")
+        case errors.ResultTooLarge():
+            return Problem(413, str(exc), slug="result-too-large", limit=exc.limit)
         case errors.InvalidResult():
             return Problem(422, str(exc), slug="invalid-result")
         case errors.InvalidCacheArgument():
@@ -148,6 +179,16 @@ def problem_for(exc: Exception) -> Problem:
             return Problem(500, "the server failed to handle this request; it has been logged")
 
 
+def client_closed() -> Problem:
+    """The problem for a client that went away while its request was read: nobody
+    reads the answer, but the monitoring layer counts its 499 (a 4xx, not a 5xx)."""
+    return Problem(
+        CLIENT_CLOSED_REQUEST,
+        "the client closed the connection before sending the whole request",
+        slug="client-closed-request",
+    )
+
+
 def _retry_later(
     exc: errors.DatabaseError | errors.CacheUnavailable, slug: str, detail: str
 ) -> Problem:
@@ -167,7 +208,9 @@ _outage_warnings = RateLimitedLog(logger, interval=1.0)
 async def handle_exception(request: Request, exc: Exception) -> Response:
     """Starlette exception handler: log what the client must not see, answer a problem."""
     problem = problem_for(exc)
-    if problem.status >= 500:
+    # A Problem is an answer a route chose (and logged, if it was worth a line): only
+    # what the service did not expect is logged here.
+    if problem.status >= 500 and not isinstance(exc, Problem):
         if isinstance(exc, errors.DatabaseError | errors.CacheUnavailable):
             # An outage fails every request: one line a second, with the count, is enough.
             _outage_warnings.warning(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -9,11 +12,11 @@ from starlette.routing import Route
 from service.api.body import read_limited, require_json
 from service.api.conditions import parse_if_match, parse_if_none_match_for_write
 from service.api.reads import ReadRequest, answer
-from service.api.responses import JSONResponse, Problem, RawResponse
+from service.api.responses import JSONResponse, Problem, RawResponse, quoted
 from service.cache.ready import ReadyResult
 from service.cache.results import ResultCache
 from service.config import Settings
-from service.core.validators import http_date
+from service.core.validators import bounded_decimal, http_date
 from service.db.results import (
     MAX_PAGE_SIZE,
     ResultMeta,
@@ -56,7 +59,7 @@ async def _read(request: Request, analysis_id: str) -> Response:
     if not isinstance(stored, StoredResult):
         raise Problem(
             404,
-            f"no result with analysis_id {analysis_id!r}",
+            f"no result with analysis_id {quoted(analysis_id)}",
             slug="result-not-found",
             headers={"X-Cache": "HIT" if read.hit else "MISS"},
         )
@@ -109,25 +112,37 @@ async def result_list(request: Request) -> Response:
     raw_limit = request.query_params.get("limit")
     limit = DEFAULT_PAGE_SIZE
     if raw_limit is not None:
-        if (
-            not raw_limit.isascii()
-            or not raw_limit.isdigit()
-            or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE
-        ):
+        # Bounded before int(): 5,000 digits are a 422 like "0", not a ValueError (500).
+        parsed = bounded_decimal(raw_limit, MAX_PAGE_SIZE)
+        if parsed is None or parsed < 1:
             raise Problem(
                 422,
                 f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}",
                 slug="invalid-parameter",
             )
-        limit = int(raw_limit)
+        limit = parsed
     after = request.query_params.get("after")
     page = await _store(request).list_json(limit=limit, after=after)
     return Response(page, media_type="application/json")
 
 
+class _WholePathRoute(Route):
+    """A Route whose ``{...:path}`` parameter takes every character, newlines included.
+
+    Starlette's path convertor is ``.*``, and ``.`` stops at a newline: ``/results/a%0Ab``
+    matched no route and was a 404, where any other invalid id is a 422. Matching with
+    DOTALL sends it to the id check like the rest.
+    """
+
+    def __init__(self, path: str, endpoint: Any, **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
+
+
 routes = [
     Route("/results", result_list, methods=["GET"]),
-    # The path convertor takes the rest of the path, slashes included, so "/results/a/b"
-    # and "/results/" reach the id check and get 422 rather than a confusing 404.
-    Route("/results/{analysis_id:path}", result_item, methods=["GET", "PUT", "DELETE"]),
+    # The path convertor takes the rest of the path, slashes and control characters
+    # included, so "/results/a/b", "/results/a%0Ab" and "/results/" reach the id check
+    # and get 422 rather than a confusing 404.
+    _WholePathRoute("/results/{analysis_id:path}", result_item, methods=["GET", "PUT", "DELETE"]),
 ]

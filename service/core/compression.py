@@ -21,8 +21,13 @@ What it promises, and the choices where HTTP leaves one open:
   pre-encoded hot reads), 1xx, 204, 206, a request with Range, ``Cache-Control:
   no-transform`` on the request or the response, and any message this layer does not
   know (``http.response.pathsend``, trailers), which passes through in order.
-* **HEAD** gets the headers GET would get, without Content-Length (which GET's final
-  size would need a compression to know).
+* **HEAD** gets the headers GET would get, Content-Length included: RFC 9110 section
+  9.3.2 asks for the same header fields, and a client (or cache) that sizes a download
+  with HEAD must see the size GET sends. The application renders HEAD's body as for GET
+  (Starlette does), so the body is encoded as GET's would be, to measure it, and
+  dropped; what a HEAD encodes is not counted in the statistics, since no byte of it is
+  sent. A HEAD whose application sends no body (its Content-Length says more) or
+  streams one has it removed, as GET's stream has none.
 * **Headers**: ``Vary: Accept-Encoding`` is merged in (no duplicates, ``*`` respected)
   on every response of a compressible type, compressed or not, and on 304.
   Content-Length is corrected or removed, Accept-Ranges removed. A strong ETag is
@@ -275,19 +280,15 @@ class _Responder:
         too_small = length is not None and length.isdigit() and int(length) < mw.minimum_size
         if self._coding == IDENTITY or too_small:
             self._state = _PASSING
-        elif self._head:
-            self._mark_encoded(headers)
-            del headers["content-length"]
-            if self._client_holds(headers):
-                await self._not_modified(message, headers)
-                return
-            self._state = _PASSING
         elif content_type is not None and content_type.startswith(b"text/event-stream"):
             if self._client_holds_encoded(headers):
                 self._mark_encoded(headers)
                 await self._not_modified(message, headers)
                 return
-            self._begin_stream(headers)
+            if self._head:
+                self._head_of_stream(headers)
+            else:
+                self._begin_stream(headers)
         else:
             self._start = message
             self._state = _HOLDING
@@ -305,10 +306,18 @@ class _Responder:
             return
         headers = MutableHeaders(raw=start["headers"])
         body: bytes = message.get("body", b"")
-        if message.get("more_body", False):
+        declared = headers.get("content-length")
+        if message.get("more_body", False) or (
+            self._head and declared is not None and declared != str(len(body))
+        ):
             if self._client_holds_encoded(headers):
                 self._mark_encoded(headers)
                 await self._not_modified(start, headers)
+                return
+            if self._head:  # streamed, or no body to measure: unsized, as GET's stream
+                self._head_of_stream(headers)
+                await self._send(start)
+                await self._send(message)
                 return
             self._begin_stream(headers)
             await self._send(start)
@@ -325,11 +334,22 @@ class _Responder:
                     await self._not_modified(start, headers)
                     return
                 headers["content-length"] = str(len(encoded))
-                mw.stats.record(coding, len(body), len(encoded))
-                mw.stats.count_response(coding)
-                message = {**message, "body": encoded}
+                if self._head:
+                    message = {**message, "body": b""}
+                else:
+                    mw.stats.record(coding, len(body), len(encoded))
+                    mw.stats.count_response(coding)
+                    message = {**message, "body": encoded}
         await self._send(start)
         await self._send(message)
+
+    def _head_of_stream(self, headers: MutableHeaders) -> None:
+        """HEAD of what GET would stream: its headers (encoded, unsized), and whatever
+        body the application sends passed on for the server to drop, not encoded."""
+        self._mark_encoded(headers)
+        if "content-length" in headers:
+            del headers["content-length"]
+        self._state = _PASSING
 
     def _begin_stream(self, headers: MutableHeaders) -> None:
         self._mark_encoded(headers)

@@ -11,6 +11,11 @@ What it promises:
 * **Cheap on the hot path.** A request costs two clock reads, one dictionary lookup
   and one histogram observation; counters that other parts already keep (the pool,
   the caches, compression) are read when Prometheus scrapes, never polled.
+* **Statuses as the client caused them.** A client that goes away before its request
+  is read whole is counted as ``499`` (nginx's "client closed request"), so in the
+  ``4xx`` class: a flaky client never shows as a server error. A request the server
+  cancels (uvicorn's ``timeout_graceful_shutdown``) is not counted: the process is
+  going away, and its metrics with it.
 * **Buckets for a fast service**: from 100 µs to 10 s, since a cached read takes well
   under a millisecond and a histogram whose first bucket is 5 ms says nothing of it.
 
@@ -21,6 +26,7 @@ scrape-time readers record by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import sys
@@ -312,7 +318,15 @@ class RequestSlot:
 
 
 class MonitoringMiddleware:
-    """Pure ASGI: times each HTTP request to the end of its response and counts it."""
+    """Pure ASGI: times each HTTP request to the end of its response and counts it.
+
+    The status counted is the one sent: a client that disconnected mid-body gets the
+    499 that :func:`service.api.responses.client_closed` answers (sent to nobody, but
+    counted as a 4xx). A request cancelled under it (uvicorn cancels what is still
+    running ``timeout_graceful_shutdown`` seconds after SIGTERM) is re-raised and not
+    counted: the server is going away with its metrics, and the service's app logs it
+    in one WARNING line (:class:`service.app.CancelledRequests`).
+    """
 
     def __init__(
         self, app: ASGIApp, monitor: PerformanceMonitor, routes: Sequence[BaseRoute] = ()
@@ -340,11 +354,16 @@ class MonitoringMiddleware:
         monitor = self.monitor
         monitor.requests_in_progress += 1
         started = perf_counter()
+        cancelled = False
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            cancelled = True  # logged (one line) and answered by the app: see above
+            raise
         finally:
             monitor.requests_in_progress -= 1
-            slot.record(status, perf_counter() - started)
+            if not cancelled:
+                slot.record(status, perf_counter() - started)
 
     def _find_slot(self, method: str, path: str, root_path: str) -> RequestSlot:
         method = method if method in _METHODS else "other"
