@@ -81,6 +81,7 @@ class Settings:
     max_headers: int = 100
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    send_timeout: float = 30.0
     admin_token: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -122,6 +123,7 @@ class Settings:
         _at_least("MAX_HEADERS", self.max_headers, 8)
         _at_least("HEADER_TIMEOUT", self.header_timeout, 0.001)
         _at_least("BODY_TIMEOUT", self.body_timeout, 0.001)
+        _at_least("SEND_TIMEOUT", self.send_timeout, 0.001)
         if not self.cache_prefix or ":" in self.cache_prefix:
             raise ConfigurationError("CACHE_PREFIX", "must be non-empty and hold no ':'")
         unknown = [e for e in self.compression_encodings if e not in _ENCODINGS]
@@ -212,6 +214,7 @@ class Settings:
             max_headers=read("MAX_HEADERS", _integer, 100),
             header_timeout=read("HEADER_TIMEOUT", _number, 10.0),
             body_timeout=read("BODY_TIMEOUT", _number, 30.0),
+            send_timeout=read("SEND_TIMEOUT", _number, 30.0),
             admin_token=optional("ADMIN_TOKEN"),
             metrics_port=read("METRICS_PORT", _integer, None),
             metrics_host=read("METRICS_HOST", str, "127.0.0.1"),

@@ -10,6 +10,9 @@ thousand such clients held a thousand). :class:`GuardedHttpToolsProtocol` adds:
 * MAX_HEADERS: how many header fields; more is 431.
 * HEADER_TIMEOUT: seconds from a connection's start (or a request's first byte) to
   the end of its head; then 408 and the connection is closed.
+* SEND_TIMEOUT: seconds a response may wait on a client that stopped reading (the
+  socket's buffer full); then the connection is dropped, and with it the response's
+  bytes, so clients that never read cannot pile up memory.
 
 Both answers are problem+json with ``Connection: close``, logged as one WARNING line at
 most every five seconds per kind (a client misbehaving is not the service failing). The body has its
@@ -22,7 +25,10 @@ app factory calls it with the settings it read).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -50,12 +56,16 @@ class HeadLimits:
     max_bytes: int = _DEFAULTS["max_header_bytes"]
     max_fields: int = _DEFAULTS["max_headers"]
     timeout: float = _DEFAULTS["header_timeout"]
+    send_timeout: float = _DEFAULTS["send_timeout"]
 
 
 def configure(settings: Settings) -> None:
-    """Use ``settings``' MAX_HEADER_BYTES, MAX_HEADERS and HEADER_TIMEOUT from now on."""
+    """Use ``settings``' MAX_HEADER_BYTES, MAX_HEADERS, HEADER_TIMEOUT and SEND_TIMEOUT."""
     GuardedHttpToolsProtocol.limits = HeadLimits(
-        settings.max_header_bytes, settings.max_headers, settings.header_timeout
+        settings.max_header_bytes,
+        settings.max_headers,
+        settings.header_timeout,
+        settings.send_timeout,
     )
 
 
@@ -89,6 +99,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._fields = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -96,9 +107,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
-        if self._lingering is not None:
-            self._lingering.cancel()
+        for timer in (self._lingering, self._send_timer):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        _refusals.warning(
+            "send-timeout",
+            "%s dropped: it read nothing for %g s (SEND_TIMEOUT)",
+            client,
+            self.limits.send_timeout,
+        )
+        _reset(self.transport)
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, with one more outcome: a refusal raised by a callback below.
@@ -229,6 +263,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         if transport.can_write_eof():
             transport.write_eof()
-            self._lingering = self.loop.call_later(LINGER, transport.close)
+            self._lingering = self.loop.call_later(LINGER, _reset, transport)
         else:
             transport.close()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Drop a connection and whatever it still has to send, in the process and in the
+    kernel: close() would wait for a client that reads nothing, and a plain abort
+    leaves the unsent bytes queued in the kernel until its retries give up."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -21,7 +22,13 @@ from tests._server import RunningService, rss_bytes, running_service
 
 pytestmark = pytest.mark.slow
 
-LIMITS = {"MAX_HEADER_BYTES": "8192", "MAX_HEADERS": "20", "HEADER_TIMEOUT": "1"}
+LIMITS = {
+    "MAX_HEADER_BYTES": "8192",
+    "MAX_HEADERS": "20",
+    "HEADER_TIMEOUT": "1",
+    "SEND_TIMEOUT": "1",
+    "MAX_RESULT_BYTES": str(8 * 1024 * 1024),
+}
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +173,43 @@ async def test_keep_alive_requests_each_get_the_full_allowance(server: RunningSe
             await asyncio.sleep(0.7)  # together more than HEADER_TIMEOUT, each less
     finally:
         writer.close()
+
+
+async def test_clients_that_stop_reading_are_dropped_with_their_responses(
+    server: RunningService,
+) -> None:
+    """Thirty clients ask for a 6 MB result and read nothing: after SEND_TIMEOUT each
+    connection is dropped with what it still had to receive (in the process and in the
+    kernel), while others are served."""
+    document = {"rows": ["x" * 1000] * 6000}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        put = await client.put("/results/big", json=document)
+        assert put.status_code in (200, 201), put.text
+        size = len(
+            (await client.get("/results/big", headers={"accept-encoding": "identity"})).content
+        )
+
+    async def stalled() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        # A small limit: the stream stops reading the socket, as a stalled client does.
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(b"GET /results/big HTTP/1.1\r\nhost: x\r\naccept-encoding: identity\r\n\r\n")
+        await writer.drain()
+        return reader, writer
+
+    clients = [await stalled() for _ in range(30)]
+    try:
+        await asyncio.sleep(2.5)  # past SEND_TIMEOUT
+        assert await healthz_seconds(server.url) < 0.5
+        for reader, _ in clients:
+            received = 0
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+                    received += len(chunk)
+            assert received < size, "the whole response was kept for a client reading nothing"
+    finally:
+        for _, writer in clients:
+            writer.close()
