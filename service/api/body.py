@@ -31,7 +31,8 @@ def require_json(request: Request) -> None:
             415,
             f"the body must be application/json, not {shown}",
             slug="unsupported-media-type",
-            headers={"Accept-Put": "application/json"},
+            # Accept-Put on PUT, Accept-Post on POST: the media types this method takes.
+            headers={f"Accept-{request.method.title()}": "application/json"},
         )
 
 
