@@ -227,3 +227,39 @@ async def test_a_backend_killed_mid_statement_is_unavailable_and_replaced(pg_url
         assert stored is not None
         assert stored.document() == {"v": 1}
         assert pool.stats().checked_out == 0
+
+
+@pytest.mark.parametrize("interruption", ["cancelled", "server gone"])
+async def test_a_connection_interrupted_mid_statement_is_not_handed_out_again(
+    pg_url: str, interruption: str
+) -> None:
+    """The store's statements bypass SQLAlchemy's execution, so its disconnect check
+    never sees their errors: the pool itself must drop such a connection, or the next
+    caller gets it mid-operation ("another operation is in progress") or dead."""
+    rid = unique_id("interrupted")
+    async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, ping_idle_after=60) as pool:
+        store = ResultStore(pool)
+        await store.put(rid, {"v": 1})
+        async for holder in _blocked_writer(pg_url, rid):
+            write = asyncio.create_task(store.put(rid, {"v": 2}))
+            victim = None
+            async with asyncio.timeout(5):
+                while victim is None:
+                    await asyncio.sleep(0.05)
+                    victim = await holder.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+            if interruption == "cancelled":
+                write.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await write
+            else:
+                assert await holder.fetchval("SELECT pg_terminate_backend($1)", victim)
+                with pytest.raises(DatabaseUnavailable):
+                    await write
+        for _ in range(3):  # the one pooled connection, every time
+            stored = await store.get(rid)
+            assert stored is not None
+        assert (await store.put(rid, {"v": 3})).meta.version >= 2
+        assert pool.stats().checked_out == 0

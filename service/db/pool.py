@@ -289,7 +289,11 @@ class ConnectionPool:
         with self._checking_out():
             conn = self._engine.sync_engine.connect()
         with conn, _translate_errors():
-            return operation(conn)
+            try:
+                return operation(conn)
+            except BaseException as exc:
+                _invalidate_if_broken(conn, exc)
+                raise
 
     @contextlib.contextmanager
     def _checking_out(self) -> Iterator[None]:
@@ -377,10 +381,42 @@ class _translate_errors:
             return
         # Statements the store runs on the asyncpg connection itself raise asyncpg's own
         # errors: a lost connection is an InterfaceError, a server error a PostgresError.
-        if isinstance(exc, OSError | asyncpg.InterfaceError) or (
+        if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError) or (
             isinstance(exc, DBAPIError | asyncpg.PostgresError) and _is_unavailable(exc)
         ):
             raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
+
+
+def _invalidate_if_broken(conn: Connection, exc: BaseException) -> None:
+    """Keep a connection the driver path may have broken out of the pool.
+
+    SQLAlchemy invalidates a connection when its own execution sees a disconnect; the
+    store's statements run on the asyncpg connection directly, so their errors never
+    pass that check. A connection lost mid-statement, one the server is shutting down
+    (its protocol may still be consuming the error, waiting for a ReadyForQuery that
+    never comes), an operation interrupted by a cancellation, or a driver that says its
+    state is inconsistent must not be handed to the next caller ("cannot switch to
+    state 12; another operation (2) is in progress"): it is closed and replaced.
+    """
+    if isinstance(exc, DBAPIError) or conn.invalidated:
+        return  # SQLAlchemy's own execution: it has decided already
+    driver = getattr(conn.connection, "driver_connection", None)
+    is_closed = getattr(driver, "is_closed", None)  # asyncpg's; aiosqlite has none
+    broken = (
+        not isinstance(exc, Exception)  # cancelled (or exiting) mid-operation
+        or isinstance(
+            exc,
+            OSError
+            | asyncpg.InterfaceError
+            | asyncpg.InternalClientError
+            | asyncpg.PostgresConnectionError,
+        )
+        or (isinstance(exc, asyncpg.PostgresError) and _is_unavailable(exc))
+        or (is_closed is not None and is_closed())
+    )
+    if broken:
+        with contextlib.suppress(Exception):
+            conn.invalidate(exc if isinstance(exc, Exception) else None)
 
 
 async def _release(conn: AsyncConnection) -> None:
