@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -70,6 +71,29 @@ class PrivateRedis:
         process, self.process = self.process, None
         if process is not None:
             await stop_process(process, STOP_TIMEOUT)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets (clients connect and send, the kernel
+        buffers) but answers nothing: a stalled Redis, as a stuck host or a swapped-out
+        process looks to its clients, rather than one that refuses connections."""
+        assert self.process is not None, "not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`; harmless on a server that is not frozen."""
+        if self.process is not None and self.process.returncode is None:
+            with suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        """SIGKILL and reap: a crash, no goodbye to clients. :meth:`start` runs it again
+        on the same port (empty: nothing is persisted). Idempotent."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.kill()
+        if process is not None:
+            await process.wait()
 
     async def _wait_ready(self) -> None:
         assert self.process is not None
