@@ -29,6 +29,15 @@ ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="fault suite and soak: minutes of load per scenario; print each ledger",
+    )
+
+
 def unique_id(prefix: str = "t") -> str:
     """An analysis id no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -1,4 +1,5 @@
-"""Fixtures and the ``--long`` option of the fault suite.
+"""Fixtures of the fault suite (its ``--long`` option is declared in tests/conftest.py,
+where pytest sees it whatever paths are given).
 
 The default run keeps every scenario to seconds of load, so the suite stays part of
 every test run on a two-core machine; ``pytest tests/faults --long`` runs each phase
@@ -13,15 +14,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.faults.harness import LONG, SHORT, FaultBed, Profile, Summary, fault_bed
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--long",
-        action="store_true",
-        default=False,
-        help="fault suite: minutes of load per scenario (60 s a phase); print each ledger",
-    )
 
 
 @pytest.fixture
