@@ -93,13 +93,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._received = 0
-        """Bytes received since the head began (bounds what the parser buffers)."""
+        """Bytes received while a head was awaited (bounds what the parser buffers)."""
         self._parsed = 0
         """Bytes of request line and header fields parsed (the exact measure)."""
         self._fields = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._running: Any = None
+        """The request cycle being answered (uvicorn remembers only the newest parsed)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -110,7 +112,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         for timer in (self._lingering, self._send_timer):
             if timer is not None:
                 timer.cancel()
+        # uvicorn marks only the newest parsed request as disconnected; with pipelined
+        # requests the one being answered then wrote to the closed transport, an ERROR
+        # with a traceback for every client that pipelined and went away.
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline:
+            self._in_head = True  # what arrives next is the next request's head
+            self._received = 0
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -148,10 +167,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(exc.__context__)
                 return
             raise
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+        except httptools.HttpParserError as exc:
+            # uvicorn logs every one (a flood of WARNING lines) and answers plain text.
+            if "content-length" in str(exc).lower():
+                self._refuse(
+                    _Refused(
+                        413,
+                        "payload-too-large",
+                        "Result too large",
+                        "Content-Length is not a number this server accepts",
+                    )
+                )
+            else:
+                self._refuse(
+                    _Refused(400, "bad-request", "Bad request", "not a valid HTTP/1.1 request")
+                )
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -168,7 +198,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._received = self._parsed = self._fields = 0
+        self._parsed = self._fields = 0
         self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -184,6 +214,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._received = 0
         self._disarm_head_timer()
         super().on_headers_complete()
 

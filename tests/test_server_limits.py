@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -92,8 +93,8 @@ async def test_a_huge_header_is_431_after_at_most_the_limit(server: RunningServi
         response = await asyncio.wait_for(answer, 5)
     finally:
         writer.close()
-    # What the kernel's socket buffers took before the answer came back, no more.
-    assert sent < 16 * 1024 * 1024, f"{sent} bytes were taken before the refusal"
+    # The server drops what follows the refusal unread, so how much the client got to
+    # send says little; what it held says more (below).
     status, problem = status_and_problem(response)
     assert status == 431
     assert problem["type"] == "/problems/header-too-large"
@@ -213,3 +214,60 @@ async def test_clients_that_stop_reading_are_dropped_with_their_responses(
     finally:
         for _, writer in clients:
             writer.close()
+
+
+async def test_half_a_head_in_one_packet_is_408(server: RunningService) -> None:
+    started = time.monotonic()
+    status, problem = status_and_problem(
+        await exchange(server.port, b"GET /healthz HTTP/1.1\r\nho")
+    )
+    assert status == 408
+    assert problem["type"] == "/problems/request-timeout"
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "slug"),
+    [
+        (
+            b"PUT /results/x HTTP/1.1\r\nhost: x\r\n"
+            b"content-length: 99999999999999999999999\r\n\r\n",
+            413,
+            "payload-too-large",
+        ),
+        (b"GET /healthz HTTP/1.1\r\nhost x\r\n\r\n", 400, "bad-request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "bad-request"),  # TLS on HTTP
+    ],
+    ids=["giant content-length", "header without colon", "tls hello"],
+)
+async def test_what_the_parser_refuses_is_a_problem(
+    server: RunningService, request_bytes: bytes, status: int, slug: str
+) -> None:
+    got, problem = status_and_problem(await exchange(server.port, request_bytes))
+    assert got == status
+    assert problem["type"] == f"/problems/{slug}"
+
+
+async def test_a_pipelining_client_that_goes_away_costs_no_error(
+    server: RunningService,
+) -> None:
+    """Sixteen pipelined GETs of a large result, nothing read, then the client resets:
+    the request being answered must see the disconnect (uvicorn told only the newest)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        put = await client.put("/results/pipelined", json={"rows": ["y" * 1000] * 3000})
+        assert put.status_code in (200, 201), put.text
+    for _ in range(5):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        request = b"GET /results/pipelined HTTP/1.1\r\nhost: x\r\naccept-encoding: identity\r\n\r\n"
+        await asyncio.get_running_loop().sock_sendall(sock, request * 16)
+        await asyncio.sleep(0.3)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, with the answer still being written
+    await asyncio.sleep(0.5)
+    assert await healthz_seconds(server.url) < 0.5
+    log = server.log()
+    assert "ERROR" not in log, log
+    assert "Traceback" not in log, log
