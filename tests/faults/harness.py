@@ -17,8 +17,11 @@ exactly as deployed, so its signal handling, start-up and logs are the real ones
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import itertools
+import math
+import os
 import random
 import re
 import shutil
@@ -729,3 +732,122 @@ def fresh_ids(prefix: str, count: int) -> list[str]:
     """``count`` analysis ids no other run uses."""
     run = uuid.uuid4().hex[:8]
     return [f"{prefix}-{run}-{n:04d}" for n in range(count)]
+
+
+# --- the soak's load and its connection count ------------------------------------------
+
+
+ACCEPT_ENCODINGS = (
+    "identity",
+    "gzip",
+    "br",
+    "zstd",
+    "gzip, deflate, br, zstd",
+    "br;q=0.5, gzip;q=1.0",
+    "*",
+    "identity;q=0, *;q=0",
+    "",
+)
+"""What the soak's readers ask for: each coding, lists with and without q-values, and a
+client refusing everything (it gets identity): every cached representation gets made."""
+
+
+class VariedLoadDriver(LoadDriver):
+    """The :class:`LoadDriver`'s load, with documents and reads like real ones.
+
+    A memory soak needs what the plain driver avoids: documents from a hundred bytes to
+    ``max_size``, half of them compressible, so L1's byte budget fills and evicts, and
+    reads that negotiate every coding and revalidate with If-None-Match, so each
+    result's compressed bodies are made, kept and dropped. Every 200 is decoded (httpx
+    undoes the coding) and must be the id's document; a 304 must carry the ETag, whose
+    version is then what the read returned. Anything else is recorded as failed.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        ids: Sequence[str],
+        *,
+        write_to: Sequence[ServiceProcess],
+        read_from: Sequence[ServiceProcess],
+        concurrency: int,
+        max_size: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            ledger, ids, write_to=write_to, read_from=read_from, concurrency=concurrency
+        )
+        self.max_size = max_size
+        self._rng = random.Random(seed)
+        self._tags: dict[tuple[str, str], str] = {}
+        """The last ETag seen per id and Accept-Encoding: what If-None-Match sends."""
+
+    def document(self, analysis_id: str) -> bytes:
+        """A new document of log-uniform size up to ``max_size``: repeated words (they
+        compress tenfold) or base64 of random bytes (barely), half and half."""
+        rng = self._rng
+        size = int(10 ** rng.uniform(2.0, math.log10(self.max_size)))
+        if rng.random() < 0.5:
+            filler = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
+        else:
+            filler = base64.b64encode(rng.randbytes(size * 3 // 4)).decode()
+        counter = next(self._counter)
+        return orjson.dumps({"analysis_id": analysis_id, "counter": counter, "filler": filler})
+
+    async def get(self, replica: ServiceProcess, analysis_id: str) -> Read | Exchange:
+        """GET with a random Accept-Encoding, and half the time the ETag last seen for it
+        in If-None-Match (sometimes weak, sometimes ``*``)."""
+        rng = self._rng
+        encoding = rng.choice(ACCEPT_ENCODINGS)
+        headers = {"accept-encoding": encoding}
+        tag = self._tags.get((analysis_id, encoding))
+        if tag is not None and rng.random() < 0.5:
+            headers["if-none-match"] = rng.choice((tag, tag, tag, f"W/{tag}", "*"))
+        sent = time.monotonic()
+        try:
+            response = await self.client.get(
+                f"{replica.url}/results/{analysis_id}", headers=headers
+            )
+        except httpx.HTTPError as exc:
+            return self._other("GET", analysis_id, replica, sent, None, repr(exc))
+        received = time.monotonic()
+        status = response.status_code
+        version = version_of(response)
+        if status == 200 and version is not None:
+            try:
+                kept = orjson.loads(response.content).get("analysis_id")
+            except orjson.JSONDecodeError as exc:
+                coding = response.headers.get("content-encoding")
+                kept = f"an undecodable body ({exc}; content-encoding {coding})"
+            if kept != analysis_id:
+                return self._other("GET", analysis_id, replica, sent, status, f"body of {kept}")
+            self._tags[analysis_id, encoding] = response.headers["etag"]
+        elif status == 304 and "if-none-match" in headers and version is not None:
+            pass
+        elif not (status == 404 and analysis_id not in self.ledger.written):
+            return self._answered("GET", analysis_id, replica, sent, response)
+        read = Read(analysis_id, status, version, sent, received, replica.name)
+        self.ledger.reads.append(read)
+        return read
+
+
+def open_connections(pid: int, port: int) -> int:
+    """TCP connections to ``port`` (accepted ones, not the listener) that process ``pid``
+    still holds a descriptor of: what clients cost the process, whatever the kernel
+    still keeps of connections the process has closed."""
+    inodes: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                columns = line.split()
+                local, state, inode = columns[1], columns[3], columns[9]
+                listening = state == "0A"
+                if int(local.rpartition(":")[2], 16) == port and not listening and inode in inodes:
+                    count += 1
+    return count
