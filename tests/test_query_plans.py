@@ -32,7 +32,15 @@ VALUES = {
     "expected": 1,
     "limit": 101,
     "after": "r-0060000",
+    "max": 1048576,
+    "version": 1,
+    "before": datetime(2026, 1, 1, tzinfo=UTC),
 }
+TABLES = ("results", "unsynced_results")
+READ_WHOLE_ON_PURPOSE = {"unsynced", "forget_unsynced_before", "database_now"}
+"""The notes of writes that missed Redis are read whole every second by design: the
+table holds rows only while Redis misses writes, and is empty otherwise (its size is
+capped by MAX_UNSYNCED). The clock needs no table."""
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,7 @@ async def plan_of(conn: AsyncConnection, statement: Any) -> dict[str, Any]:
 def uses_an_index(plan: dict[str, Any]) -> bool:
     """True when the plan reaches ``results`` through an index and never scans it whole."""
     found = list(nodes(plan))
-    on_results = [n for n in found if n.get("Relation Name") == "results"]
+    on_results = [n for n in found if n.get("Relation Name") in TABLES]
     if any(n["Node Type"] == "Seq Scan" for n in on_results):
         return False
     if any(n.get("Conflict Arbiter Indexes") for n in on_results):
@@ -92,7 +100,11 @@ async def test_every_statement_of_the_api_uses_an_index(loaded: ConnectionPool, 
             plans = {name: await plan_of(conn, stmt) for name, stmt in statements.items()}
         finally:
             await conn.exec_driver_sql("RESET plan_cache_mode")
-    without = {name: plan for name, plan in plans.items() if not uses_an_index(plan)}
+    without = {
+        name: plan
+        for name, plan in plans.items()
+        if name not in READ_WHOLE_ON_PURPOSE and not uses_an_index(plan)
+    }
     assert not without, json.dumps(without, indent=1)[:2000]
 
 
