@@ -14,9 +14,13 @@ thousand such clients held a thousand). :class:`GuardedHttpToolsProtocol` adds:
   socket's buffer full); then the connection is dropped, and with it the response's
   bytes, so clients that never read cannot pile up memory.
 
-Both answers are problem+json with ``Connection: close``, logged as one WARNING line at
-most every five seconds per kind (a client misbehaving is not the service failing). The body has its
-own deadline, BODY_TIMEOUT, enforced where it is read (``service.api.body``).
+Refusals (these, and what the HTTP parser itself rejects: 400, or 413 for a
+Content-Length past 64 bits) are problem+json with ``Connection: close``, logged as one
+WARNING line at most every five seconds per kind (a client misbehaving is not the
+service failing). The body has its own deadline, BODY_TIMEOUT, enforced where it is
+read (``service.api.body``). And a lost connection is told to every request on it, the
+one being answered included (uvicorn tells only the newest parsed, so a pipelining
+client that went away made the answered one write to a closed transport: an ERROR).
 
 ``service serve`` uses this protocol; :func:`configure` sets its limits (each worker's
 app factory calls it with the settings it read).
