@@ -205,6 +205,19 @@ async def test_a_statement_timeout_on_the_driver_path_is_unavailable_and_recover
         assert pool.stats().checked_out == 0
 
 
+async def _waiting_on_the_lock(holder: asyncpg.Connection) -> int:
+    """The backend pid of the statement waiting on the lock ``holder`` keeps."""
+    async with asyncio.timeout(5):
+        while True:
+            await asyncio.sleep(0.05)
+            victim: int | None = await holder.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+            if victim is not None:
+                return victim
+
+
 async def test_a_backend_killed_mid_statement_is_unavailable_and_replaced(pg_url: str) -> None:
     rid = unique_id("killed")
     async with ConnectionPool(pg_url, pool_size=2, ping_idle_after=60) as pool:
@@ -212,14 +225,7 @@ async def test_a_backend_killed_mid_statement_is_unavailable_and_replaced(pg_url
         await store.put(rid, {"v": 1})
         async for holder in _blocked_writer(pg_url, rid):
             write = asyncio.create_task(store.put(rid, {"v": 2}))
-            victim = None
-            async with asyncio.timeout(5):
-                while victim is None:
-                    await asyncio.sleep(0.05)
-                    victim = await holder.fetchval(
-                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND datname = current_database()"
-                    )
+            victim = await _waiting_on_the_lock(holder)
             assert await holder.fetchval("SELECT pg_terminate_backend($1)", victim)
             with pytest.raises(DatabaseUnavailable):
                 await write
@@ -242,14 +248,7 @@ async def test_a_connection_interrupted_mid_statement_is_not_handed_out_again(
         await store.put(rid, {"v": 1})
         async for holder in _blocked_writer(pg_url, rid):
             write = asyncio.create_task(store.put(rid, {"v": 2}))
-            victim = None
-            async with asyncio.timeout(5):
-                while victim is None:
-                    await asyncio.sleep(0.05)
-                    victim = await holder.fetchval(
-                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND datname = current_database()"
-                    )
+            victim = await _waiting_on_the_lock(holder)
             if interruption == "cancelled":
                 write.cancel()
                 with pytest.raises(asyncio.CancelledError):
