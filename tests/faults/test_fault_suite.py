@@ -15,6 +15,8 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -56,6 +58,33 @@ def assert_quiet_logs(bed: FaultBed, allowed: tuple[str, ...] = ()) -> None:
     assert not errors, bed.error_report()
 
 
+@asynccontextmanager
+async def one_replica_under_load(
+    bed: FaultBed,
+    profile: Profile,
+    name: str,
+    l1_ttl: float,
+    *,
+    ids: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    **driver_options: Any,
+) -> AsyncIterator[tuple[ServiceProcess, LoadDriver, Ledger]]:
+    """One replica, a ledger and a seeded load driver on its ids: how scenarios a to d
+    begin. The load itself starts where the scenario says (``driver.load()``)."""
+    replica = await bed.start_replica(name, l1_ttl=l1_ttl, env=env)
+    ledger = Ledger()
+    async with LoadDriver(
+        ledger,
+        ids or fresh_ids(name, profile.ids),
+        write_to=[replica],
+        read_from=[replica],
+        concurrency=profile.concurrency,
+        **driver_options,
+    ) as driver:
+        await driver.seed()
+        yield replica, driver, ledger
+
+
 # --- a) Redis killed ---------------------------------------------------------------------
 
 
@@ -67,22 +96,15 @@ async def test_redis_killed_under_load_then_started_again(
     again without serving anything older than L1_TTL allows."""
     l1_ttl = 2.0
     async with asyncio.timeout(budget(profile, 3)):
-        replica = await bed.start_replica("kill", l1_ttl=l1_ttl)
-        ledger = Ledger()
-        async with LoadDriver(
-            ledger,
-            fresh_ids("kill", profile.ids),
-            write_to=[replica],
-            read_from=[replica],
-            concurrency=profile.concurrency,
-        ) as driver:
-            await driver.seed()
-            async with driver.load():
-                await asyncio.sleep(profile.phase)
-                await bed.redis.kill()
-                await asyncio.sleep(profile.phase)
-                await bed.redis.start()
-                await asyncio.sleep(profile.at_least(2.0))
+        async with (
+            one_replica_under_load(bed, profile, "kill", l1_ttl) as (_, driver, ledger),
+            driver.load(),
+        ):
+            await asyncio.sleep(profile.phase)
+            await bed.redis.kill()
+            await asyncio.sleep(profile.phase)
+            await bed.redis.start()
+            await asyncio.sleep(profile.at_least(2.0))
         summary = await ledger.summarize(bed, "a) redis SIGKILL", bound=l1_ttl)
     show(summary)
     assert_sound(summary, bed)
@@ -101,24 +123,17 @@ async def test_redis_frozen_under_load_then_thawed(
     runs on waking must not put an older version in front of a newer one."""
     l1_ttl = 2.0
     async with asyncio.timeout(budget(profile, 3)):
-        replica = await bed.start_replica("freeze", l1_ttl=l1_ttl)
-        ledger = Ledger()
-        async with LoadDriver(
-            ledger,
-            fresh_ids("freeze", profile.ids),
-            write_to=[replica],
-            read_from=[replica],
-            concurrency=profile.concurrency,
-        ) as driver:
-            await driver.seed()
-            async with driver.load():
-                await asyncio.sleep(profile.phase)
-                bed.redis.freeze()
-                try:
-                    await asyncio.sleep(profile.at_least(3.0))
-                finally:
-                    bed.redis.thaw()
-                await asyncio.sleep(profile.at_least(2.0))
+        async with (
+            one_replica_under_load(bed, profile, "freeze", l1_ttl) as (_, driver, ledger),
+            driver.load(),
+        ):
+            await asyncio.sleep(profile.phase)
+            bed.redis.freeze()
+            try:
+                await asyncio.sleep(profile.at_least(3.0))
+            finally:
+                bed.redis.thaw()
+            await asyncio.sleep(profile.at_least(2.0))
         summary = await ledger.summarize(bed, "b) redis SIGSTOP", bound=l1_ttl)
     show(summary)
     assert_sound(summary, bed)
@@ -137,19 +152,17 @@ async def test_postgres_stopped_under_load_then_started(
     itself, same process, when the database is back."""
     l1_ttl = 2.0
     async with asyncio.timeout(budget(profile, 3)):
-        replica = await bed.start_replica("pg", l1_ttl=l1_ttl, env={"DB_CONNECT_TIMEOUT": "1"})
-        pid = replica.process.pid if replica.process else None
         ids = fresh_ids("pg", profile.ids)
-        ledger = Ledger()
-        async with LoadDriver(
-            ledger,
-            ids,
+        async with one_replica_under_load(
+            bed,
+            profile,
+            "pg",
+            l1_ttl,
+            ids=ids,
+            env={"DB_CONNECT_TIMEOUT": "1"},
             cold_ids=fresh_ids("pg-cold", max(2, profile.ids // 4)),
-            write_to=[replica],
-            read_from=[replica],
-            concurrency=profile.concurrency,
-        ) as driver:
-            await driver.seed()
+        ) as (replica, driver, ledger):
+            pid = replica.process.pid if replica.process else None
             async with driver.load():
                 await asyncio.sleep(profile.phase)
                 stopping = time.monotonic()
@@ -200,16 +213,11 @@ async def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(
     write it acknowledged, to the last one, is in PostgreSQL."""
     l1_ttl = 2.0
     async with asyncio.timeout(budget(profile, 2)):
-        replica = await bed.start_replica("term", l1_ttl=l1_ttl)
-        ledger = Ledger()
-        async with LoadDriver(
+        async with one_replica_under_load(bed, profile, "term", l1_ttl) as (
+            replica,
+            driver,
             ledger,
-            fresh_ids("term", profile.ids),
-            write_to=[replica],
-            read_from=[replica],
-            concurrency=profile.concurrency,
-        ) as driver:
-            await driver.seed()
+        ):
             async with driver.load():
                 await asyncio.sleep(profile.phase)
                 uploads = [
