@@ -11,6 +11,7 @@ RFC 9659 allows a zstd content coding), brotli 0..11, gzip 1..9.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Mapping
 from typing import Final, Protocol
@@ -64,14 +65,33 @@ def check_level(coding: str, level: int) -> int:
 def compress(coding: str, level: int, data: bytes) -> bytes:
     """``data`` as one complete ``coding`` stream. Safe to call from any thread."""
     if coding == ZSTD:
-        # A compressor is not thread-safe: one per call (about 15 µs more than a shared one).
-        return zstandard.ZstdCompressor(level=level).compress(data)
+        return _zstd_compressor(level).compress(data)
     if coding == BR:
         return bytes(brotli.compress(data, quality=level))
     if coding == GZIP:
         encoder = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
         return encoder.compress(data) + encoder.flush()
     raise ValueError(f"unknown content coding {coding!r}")
+
+
+_PER_THREAD = threading.local()
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's one-shot zstd compressor at ``level``.
+
+    A compressor is not thread-safe, so each thread keeps its own and reuses it; a new
+    one per call allocated and freed its context every time (a sixth of the time of
+    compressing a 32 KB document at level 3). The output is the same bytes either way,
+    which a tag's one-representation promise depends on.
+    """
+    compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(_PER_THREAD, "zstd", None)
+    if compressors is None:
+        compressors = _PER_THREAD.zstd = {}
+    compressor = compressors.get(level)
+    if compressor is None:
+        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressor
 
 
 def stream_encoder(coding: str, level: int) -> StreamEncoder:
