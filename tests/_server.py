@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,26 +124,31 @@ async def stop_process(process: asyncio.subprocess.Process, timeout: float) -> N
     await process.wait()
 
 
-async def _wait_healthy(service: RunningService, timeout: float) -> None:
+async def wait_healthy(
+    url: str,
+    process: asyncio.subprocess.Process,
+    timeout: float,
+    *,
+    name: str = "service",
+    output: Callable[[], str],
+) -> None:
+    """Poll ``url``/healthz until it answers 200; fail with ``output()`` (what the
+    process wrote) when it exits first or does not answer within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=service.url, timeout=2.0) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=2.0) as client:
         while True:
-            if service.process.returncode is not None:
+            if process.returncode is not None:
                 raise AssertionError(
-                    f"service exited with {service.process.returncode} before answering "
-                    f"/healthz; its output:\n{service.log()}"
+                    f"{name} exited with {process.returncode} before answering "
+                    f"/healthz; its output:\n{output()}"
                 )
-            try:
-                response = await client.get("/healthz")
-            except httpx.TransportError:
-                pass
-            else:
-                if response.status_code == 200:
+            with suppress(httpx.TransportError):
+                if (await client.get("/healthz")).status_code == 200:
                     return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"service did not answer /healthz with 200 within {timeout} s; "
-                    f"its output:\n{service.log()}"
+                    f"{name} did not answer /healthz with 200 within {timeout} s; "
+                    f"its output:\n{output()}"
                 )
             await asyncio.sleep(0.1)
 
@@ -182,7 +187,7 @@ async def running_service(
             )
         service = RunningService(f"http://127.0.0.1:{port}", port, home, process, log_path)
         try:
-            await _wait_healthy(service, startup_timeout)
+            await wait_healthy(service.url, process, startup_timeout, output=service.log)
             yield service
         finally:
             await stop_process(process, stop_timeout)

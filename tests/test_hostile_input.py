@@ -64,6 +64,24 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     return body
 
 
+def put_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a PUT to ``path``, for tests that script the body's messages."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
     """Nothing at ERROR or above, and no traceback at any level."""
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -197,20 +215,10 @@ async def test_a_client_gone_mid_body_is_answered_499_in_process(
         sent.append(message)
 
     async with in_process(settings) as (_, app):
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "PUT",
-            "scheme": "http",
-            "path": f"/results/{unique_id('gone')}",
-            "raw_path": b"/results/gone",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"10000")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("127.0.0.1", 80),
-        }
+        scope = put_scope(
+            f"/results/{unique_id('gone')}",
+            [(b"content-type", b"application/json"), (b"content-length", b"10000")],
+        )
         await app(scope, receive, send)
     assert sent[0]["status"] == 499
     assert (b"content-type", PROBLEM.encode()) in sent[0]["headers"]
@@ -306,23 +314,13 @@ async def test_a_giant_or_odd_content_length_is_a_4xx(
         sent.append(message)
 
     async with in_process(settings) as (_, app):
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "PUT",
-            "scheme": "http",
-            "path": f"/results/{unique_id('length')}",
-            "raw_path": b"/results/length",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
+        scope = put_scope(
+            f"/results/{unique_id('length')}",
+            [
                 (b"content-type", b"application/json"),
                 (b"content-length", length.encode("latin-1")),
             ],
-            "client": ("127.0.0.1", 1234),
-            "server": ("127.0.0.1", 80),
-        }
+        )
         await app(scope, receive, send)
     assert sent[0]["status"] == status
     assert (b"content-type", PROBLEM.encode()) in sent[0]["headers"]

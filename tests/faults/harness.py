@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 
 from tests._pgcluster import PrivateCluster, private_postgres
 from tests._redis import PrivateRedis, private_redis
-from tests._server import free_port, service_environ, stop_process
+from tests._server import free_port, service_environ, stop_process, wait_healthy
 
 STARTUP_TIMEOUT = 30.0
 """Seconds a replica gets to answer ``/healthz`` (two cores, migrations on first start)."""
@@ -165,7 +165,7 @@ class ServiceProcess:
                 env=service_environ(self.home, self.env),
                 cwd=self.home,
             )
-        await self._wait_healthy(timeout)
+        await wait_healthy(self.url, self.process, timeout, name=self.name, output=self.stderr)
 
     async def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, as an orchestrator stops a replica; its exit status once it has drained.
@@ -192,25 +192,6 @@ class ServiceProcess:
         """SIGTERM, SIGKILL after STOP_TIMEOUT; always reaps. Idempotent, for clean-up."""
         if self.process is not None:
             await stop_process(self.process, STOP_TIMEOUT)
-
-    async def _wait_healthy(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as client:
-            while True:
-                if self.process.returncode is not None:
-                    raise AssertionError(
-                        f"{self.name} exited with {self.process.returncode} before answering"
-                        f" /healthz:\n{self.stderr()}"
-                    )
-                with suppress(httpx.TransportError):
-                    if (await client.get("/healthz")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{self.name} did not answer /healthz within {timeout} s:\n{self.stderr()}"
-                    )
-                await asyncio.sleep(0.1)
 
 
 @dataclass
