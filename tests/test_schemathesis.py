@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, cast
 
 import pytest
-import redis.asyncio as aioredis
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.generation.stateful import APIStateMachine
@@ -22,11 +21,11 @@ from schemathesis.python import asgi
 
 from service.app import create_app
 from service.config import Settings
+from tests.test_result_cache import REDIS_URL, forget_prefix
 
 P = ParamSpec("P")
 Case = schemathesis.Case[Any]
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TOKEN = f"schemathesis-{uuid.uuid4().hex}"
 MAX_EXAMPLES = 50
 """Examples per operation in the fuzzing phase (the coverage phase adds its own)."""
@@ -73,13 +72,7 @@ async def prefix() -> AsyncIterator[str]:
     """A cache prefix of this test's own; its Redis keys are removed afterwards."""
     name = f"st{uuid.uuid4().hex[:10]}"
     yield name
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{name}:*", count=500)]
-        if keys:
-            await client.unlink(*keys)
-    finally:
-        await client.aclose()
+    await forget_prefix(name)
 
 
 @pytest.fixture
