@@ -35,6 +35,7 @@ VALUES = {
     "max": 1048576,
     "version": 1,
     "before": datetime(2026, 1, 1, tzinfo=UTC),
+    "cache": "svc:results",
 }
 TABLES = ("results", "unsynced_results")
 READ_WHOLE_ON_PURPOSE = {"unsynced", "forget_unsynced_before", "database_now"}

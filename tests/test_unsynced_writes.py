@@ -69,14 +69,20 @@ def version_of(found: object) -> int:
     return found.meta.version
 
 
+def namespace(prefix: str) -> str:
+    """The name a ResultCache on ``prefix`` gives its notes."""
+    return f"{prefix}:results"
+
+
 async def wait_until_repaired(
     store: ResultStore, observer: aioredis.Redis, key: str, rid: str, version: int
 ) -> float:
     """Seconds until Redis holds ``version`` of the id and its note is gone."""
     started = time.monotonic()
+    cache = namespace(key.split(":", 1)[0])
     while True:
         held = await observer.get(key)
-        noted = [n for n in await store.unsynced(1000) if n[0] == rid]
+        noted = [n for n in await store.unsynced(cache, 1000) if n[0] == rid]
         if isinstance(held, bytes) and held.startswith(f"{version} ".encode()) and not noted:
             return time.monotonic() - started
         assert time.monotonic() - started < 15, f"not repaired: Redis {held!r}, notes {noted}"
@@ -101,7 +107,8 @@ async def test_a_restart_during_a_stall_never_serves_the_hidden_version(
                 outcome = await before.put(rid, {"n": 2})  # acknowledged, Redis or not
                 assert outcome.meta.version == 2
                 assert time.monotonic() - started < 5 * TIMEOUT
-                assert (rid, 2) in await store.unsynced(1000), "noted before acknowledged"
+                noted = await store.unsynced(namespace(prefix), 1000)
+                assert (rid, 2) in noted, "noted before acknowledged"
             finally:
                 # The process ends (a deploy) while Redis is still frozen.
                 closing = asyncio.ensure_future(before.aclose())
@@ -177,7 +184,7 @@ async def test_without_the_notes_redis_is_not_trusted(pg_url: str) -> None:
         await store.put(rid, {"n": 2})  # behind the cache's back: Redis holds version 1
 
         class NotesUnreadable(ResultStore):
-            async def unsynced(self, limit: int) -> tuple[tuple[str, int], ...]:
+            async def unsynced(self, cache: str, limit: int) -> tuple[tuple[str, int], ...]:
                 from service.errors import DatabaseUnavailable
 
                 raise DatabaseUnavailable("the notes cannot be read")
@@ -200,7 +207,7 @@ async def test_too_many_notes_empty_the_namespace_once(
                 await writer.put(rid, {"n": 1})
         for rid in rids:
             await store.put(rid, {"n": 2})
-            await store.note_unsynced(rid, 2)
+            await store.note_unsynced(namespace(prefix), rid, 2)
         bystander = f"{prefix}:results:{unique_id('bystander')}"
         await observer.set(bystander, b"1 x")
 
@@ -209,7 +216,7 @@ async def test_too_many_notes_empty_the_namespace_once(
                 assert version_of((await cache.get(rid)).found) == 2
             started = time.monotonic()
             while await observer.exists(bystander) or any(
-                n[0] in rids for n in await store.unsynced(1000)
+                n[0] in rids for n in await store.unsynced(namespace(prefix), 1000)
             ):
                 assert time.monotonic() - started < 10, "the namespace was not emptied"
                 await asyncio.sleep(0.05)
@@ -234,3 +241,25 @@ async def test_a_read_of_a_frozen_redis_waits_for_one_timeout_not_two(
     assert version_of(read.found) == 1
     assert read.source == "database"
     assert elapsed < 1.8 * TIMEOUT, f"{elapsed:.2f} s: the fill waited for a second timeout"
+
+
+async def test_notes_of_another_cache_namespace_are_left_alone(store: ResultStore) -> None:
+    """Deployments that share the database but not the cache (another prefix) neither
+    distrust their cache for each other's notes nor repair each other's entries."""
+    rid = unique_id("apart")
+    mine, theirs = f"u{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:8]}"
+    async with private_redis() as server, aioredis.Redis.from_url(server.url) as observer:
+        async with replica(store, server, mine) as writer:
+            await writer.put(rid, {"n": 1})
+        await store.note_unsynced(namespace(theirs), rid, 5)
+        try:
+            async with replica(store, server, mine) as cache:
+                assert cache.stats().unsynced == 0
+                first = await cache.get(rid)
+                assert first.source == "shared", "distrusted for another namespace's note"
+                assert (await cache.get(rid)).source == "l1"
+                await asyncio.sleep(UNSYNCED_POLL + 0.5)
+                assert (rid, 5) in await store.unsynced(namespace(theirs), 1000)
+            assert await observer.get(f"{theirs}:results:{rid}") is None
+        finally:
+            await store.forget_unsynced(namespace(theirs), rid, 5)

@@ -4,8 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-29
 
-``unsynced_results`` holds, per id, the newest version whose write could not be put
-into Redis. A row is written before the write is acknowledged and removed once Redis
+``unsynced_results`` holds, per shared cache namespace and id, the newest version whose
+write could not be put into Redis. The namespace (the cache prefix and ``results``)
+keeps deployments that share a database but not a cache from repairing, or distrusting,
+each other's cache. A row is written before the write is acknowledged and removed once Redis
 holds that version (or a newer one); while it exists no replica trusts Redis for the
 id, so neither a restart nor a Redis that comes back with older entries can hide an
 acknowledged write.
@@ -42,13 +44,11 @@ $$
 
 
 def upgrade() -> None:
+    key = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
     op.create_table(
         "unsynced_results",
-        sa.Column(
-            "analysis_id",
-            sa.Text().with_variant(sa.Text(collation="C"), "postgresql"),
-            primary_key=True,
-        ),
+        sa.Column("cache", key, primary_key=True),
+        sa.Column("analysis_id", key, primary_key=True),
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column(
             "noted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()

@@ -166,6 +166,8 @@ class ResultCache:
         self.l1 = l1
         self.l1_ttl = l1_ttl
         self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
+        self.shared_namespace = f"{self.cache.prefix}:{NAMESPACE}"
+        """Names this cache's keys in the store's notes of unsynced writes."""
         # Notices say who sent them, so a replica skips its own (it already acted).
         self._sender = uuid.uuid4().hex[:12]
         self._flights: dict[str, asyncio.Task[CachedRead]] = {}
@@ -433,7 +435,7 @@ class ResultCache:
             # the store until Redis is repaired, here at once and, through the note,
             # on every replica and after a restart. No note, no acknowledgment.
             mark = self._mark_unsynced(analysis_id, version)
-            await self.store.note_unsynced(analysis_id, version)
+            await self.store.note_unsynced(self.shared_namespace, analysis_id, version)
             mark.durable = True
         return written
 
@@ -530,7 +532,7 @@ class ResultCache:
         """Take in the store's notes: mark what is new, forget what was repaired."""
         started = time.monotonic()
         try:
-            notes = await self._store().unsynced(MAX_UNSYNCED + 1)
+            notes = await self._store().unsynced(self.shared_namespace, MAX_UNSYNCED + 1)
         except DatabaseError as exc:
             self._notes_log.warning(
                 "notes", "cannot read the notes of unsynced writes, will retry: %r", exc
@@ -574,7 +576,9 @@ class ResultCache:
                     )
                     if written is None:
                         break
-                    await self._store().forget_unsynced(analysis_id, _version(found))
+                    await self._store().forget_unsynced(
+                        self.shared_namespace, analysis_id, _version(found)
+                    )
                     if self._unsynced.get(analysis_id) is mark:
                         del self._unsynced[analysis_id]
             except (CacheUnavailable, DatabaseError) as exc:
@@ -585,7 +589,7 @@ class ResultCache:
         started = time.monotonic()
         before = await self._store().database_now()
         await self.cache.invalidate_namespace(NAMESPACE)
-        await self._store().forget_unsynced_before(before)
+        await self._store().forget_unsynced_before(self.shared_namespace, before)
         self._unsynced = {i: m for i, m in self._unsynced.items() if m.since >= started}
         self._unsynced_overflow = False
         self._drop_everything_local()

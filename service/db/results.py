@@ -348,31 +348,33 @@ class ResultStore:
     # Writes that could not reach the shared cache (see ResultCache): a durable list, so
     # that no replica, nor this one after a restart, trusts the cache for those ids.
 
-    async def note_unsynced(self, analysis_id: str, version: int) -> None:
+    # ``cache`` names the shared cache namespace the notes are about (ResultCache uses its
+    # key prefix): deployments that share this database but not a cache keep apart.
+
+    async def note_unsynced(self, cache: str, analysis_id: str, version: int) -> None:
         """Record that the shared cache may hold a version of ``analysis_id`` older than
         ``version`` (a row per id keeps the highest version noted)."""
-        await self._first(
-            "unsynced", self._statements.note_unsynced, {"id": analysis_id, "version": version}
-        )
+        params = {"cache": cache, "id": analysis_id, "version": version}
+        await self._first("unsynced", self._statements.note_unsynced, params)
 
-    async def unsynced(self, limit: int) -> tuple[tuple[str, int], ...]:
+    async def unsynced(self, cache: str, limit: int) -> tuple[tuple[str, int], ...]:
         """Up to ``limit`` noted ``(analysis_id, version)`` pairs, oldest first."""
-        rows = await self._pool.run(
-            self._statements.rows(self._statements.unsynced, {"limit": limit})
-        )
+        params = {"cache": cache, "limit": limit}
+        rows = await self._pool.run(self._statements.rows(self._statements.unsynced, params))
         return tuple((analysis_id, version) for analysis_id, version in rows)
 
-    async def forget_unsynced(self, analysis_id: str, version: int) -> bool:
+    async def forget_unsynced(self, cache: str, analysis_id: str, version: int) -> bool:
         """Drop the note of ``analysis_id`` if it asks for ``version`` or less (the shared
         cache now holds that version or a newer one); True when a note was dropped."""
-        params = {"id": analysis_id, "version": version}
+        params = {"cache": cache, "id": analysis_id, "version": version}
         return await self._first("unsynced", self._statements.forget_unsynced, params) is not None
 
-    async def forget_unsynced_before(self, moment: datetime) -> int:
+    async def forget_unsynced_before(self, cache: str, moment: datetime) -> int:
         """Drop every note made before ``moment`` (after the whole shared namespace was
         emptied); return how many. ``moment`` comes from :meth:`database_now`."""
         statement = self._statements.forget_unsynced_before
-        return len(await self._pool.run(self._statements.rows(statement, {"before": moment})))
+        params = {"cache": cache, "before": moment}
+        return len(await self._pool.run(self._statements.rows(statement, params)))
 
     async def database_now(self) -> datetime:
         """The database's clock, which times the notes (replicas' clocks may differ)."""
@@ -502,11 +504,15 @@ class _Statements:
             bindparam("limit")
         )
         u = unsynced_results
+        in_cache = u.c.cache == bindparam("cache")
         note = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(u).values(
-            analysis_id=bindparam("id"), version=bindparam("version"), noted_at=func.now()
+            cache=bindparam("cache"),
+            analysis_id=bindparam("id"),
+            version=bindparam("version"),
+            noted_at=func.now(),
         )
         self.note_unsynced = note.on_conflict_do_update(
-            index_elements=[u.c.analysis_id],
+            index_elements=[u.c.cache, u.c.analysis_id],
             set_={
                 "version": case(
                     (u.c.version > note.excluded.version, u.c.version),
@@ -517,16 +523,19 @@ class _Statements:
         ).returning(u.c.version)
         self.unsynced = (
             select(u.c.analysis_id, u.c.version)
+            .where(in_cache)
             .order_by(u.c.noted_at, u.c.analysis_id)
             .limit(bindparam("limit"))
         )
         self.forget_unsynced = (
             delete(u)
-            .where(u.c.analysis_id == bindparam("id"), u.c.version <= bindparam("version"))
+            .where(
+                in_cache, u.c.analysis_id == bindparam("id"), u.c.version <= bindparam("version")
+            )
             .returning(u.c.analysis_id)
         )
         self.forget_unsynced_before = (
-            delete(u).where(u.c.noted_at < bindparam("before")).returning(u.c.analysis_id)
+            delete(u).where(in_cache, u.c.noted_at < bindparam("before")).returning(u.c.analysis_id)
         )
         self.database_now = select(func.now())
         self.page_json_first: TextClause | None = None

@@ -26,10 +26,11 @@ results = Table(
 )
 
 # Writes whose version could not be put into the shared cache (Redis): while an id has
-# a row here, no replica serves it from Redis. See ResultCache.
+# a row here, no replica of that cache namespace serves it from Redis. See ResultCache.
 unsynced_results = Table(
     "unsynced_results",
     metadata,
+    Column("cache", Text().with_variant(Text(collation="C"), "postgresql"), primary_key=True),
     Column("analysis_id", Text().with_variant(Text(collation="C"), "postgresql"), primary_key=True),
     Column("version", BigInteger, nullable=False),
     Column("noted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
