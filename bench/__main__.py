@@ -305,6 +305,11 @@ def scenarios() -> dict[str, Scenario]:
             f"raw asyncpg pool, same upsert, bare endpoint ({PUT_IDS:,} ids, random)",
         ),
         Scenario("put", f"PUT ({PUT_IDS:,} ids, random)", "raw_put"),
+        Scenario(
+            "put_local",
+            "PUT, the same with no Redis behind (what the write-through to Redis costs)",
+            "raw_put",
+        ),
         Scenario("raw_list", "raw asyncpg pool and orjson, same page, bare endpoint"),
         Scenario("list", "GET /results?limit=100", "raw_list"),
         Scenario("saturation", "GET, cache disabled, at the saturation connection count", "get"),
@@ -402,9 +407,16 @@ def main(argv: list[str] | None = None) -> int:
                     spread_prefix="/no-cache/results/bench-miss-",
                     spread=MISS_IDS,
                 ),
-                "raw": wrk.Load(f"/raw/{DOCUMENT_ID}"),
-                "engine": wrk.Load(f"/engine/{DOCUMENT_ID}"),
-                "engine_default": wrk.Load(f"/engine-default/{DOCUMENT_ID}"),
+                # The same reads as "get": one id at a time out of MISS_IDS, never one
+                # row that stays hot in PostgreSQL's and the CPU's caches.
+                **{
+                    key: wrk.Load(f"{head}/x", spread_prefix=f"{head}/bench-miss-", spread=MISS_IDS)
+                    for key, head in (
+                        ("raw", "/raw"),
+                        ("engine", "/engine"),
+                        ("engine_default", "/engine-default"),
+                    )
+                },
                 "hot_identity": wrk.Load(
                     f"/results/{DOCUMENT_ID}", headers=("Accept-Encoding: identity",)
                 ),
@@ -436,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
                     method="PUT",
                     body_file=body,
                     spread_prefix="/results/bench-put-",
+                    spread=PUT_IDS,
+                ),
+                "put_local": wrk.Load(
+                    "/no-cache/results/x",
+                    method="PUT",
+                    body_file=body,
+                    spread_prefix="/no-cache/results/bench-put-",
                     spread=PUT_IDS,
                 ),
                 "raw_list": wrk.Load("/raw-list?limit=100"),
