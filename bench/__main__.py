@@ -37,7 +37,7 @@ from bench.app import CASHEWS_INSTALLED, DOCUMENT_ID
 from bench.report import Goal, Scenario, goal_table, ratio, scenario_table
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore
+from service.db.result_store import ResultStore
 
 STAMPEDE_ID = "bench-cold"
 LIST_ROWS = 1000

@@ -58,15 +58,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import results as results_api
+from service import wiring
+from service.api import result_routes
 from service.api.responses import handle_exception
 from service.app import create_app
 from service.cache.backends import MemoryBackend
 from service.cache.manager import CacheManager
-from service.cache.results import ResultCache
+from service.cache.result_cache import ResultCache
 from service.config import Settings
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore
+from service.db.result_store import ResultStore
 
 DOCUMENT_ID = "bench-doc"
 RAW_QUERY = (
@@ -249,7 +250,7 @@ def create_bench_app() -> ASGIApp:
         "/no-metrics": create_app(settings, monitoring=False),
         "/with-metrics": service,
         "/gzip-peer": GZipMiddleware(
-            Starlette(routes=results_api.routes, exception_handlers={Exception: handle_exception})
+            Starlette(routes=result_routes.routes, exception_handlers={Exception: handle_exception})
         ),
     }
 
@@ -282,13 +283,13 @@ def create_bench_app() -> ASGIApp:
             store = state["store"]
             no_l1 = dataclasses.replace(settings, l1_max_bytes=0)
             caches = {
-                "/redis-only": ResultCache.from_settings(no_l1, store),
-                "/miss": ResultCache(CacheManager.from_settings(no_l1), store, ttl=0.001),
+                "/redis-only": wiring.result_cache(no_l1, store, wiring.cache_manager(no_l1)),
+                "/miss": ResultCache(wiring.cache_manager(no_l1), store, ttl=0.001),
                 "/no-cache": ResultCache(CacheManager(MemoryBackend(0)), store),
             }
             for prefix, cache in caches.items():
                 await cache.start()
-                variants[prefix] = {**state, "results": cache}
+                variants[prefix] = {**state, "result_cache": cache}
             # The route pre-encodes only the codings COMPRESSION_ENCODINGS offers: none here.
             peer_settings = dataclasses.replace(settings, compression_encodings=())
             variants["/gzip-peer"] = {**state, "settings": peer_settings}

@@ -22,9 +22,9 @@ def run_on(connection: Connection) -> None:
 
 async def run_from_settings() -> None:
     from service.config import Settings
-    from service.db.pool import ConnectionPool
+    from service.wiring import connection_pool
 
-    pool = ConnectionPool.from_settings(Settings.from_environ())
+    pool = connection_pool(Settings.from_environ())
     async with pool, pool.transaction() as conn:
         await conn.run_sync(run_on)
 

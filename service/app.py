@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any, TypedDict
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,33 +17,17 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import admin, health, metrics, openapi, results
+from service.api import admin, health, metrics, openapi, result_routes
 from service.api.reads import HitPath
 from service.api.responses import Problem, handle_exception
-from service.cache.results import ResultCache
+from service.api.state import State
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
-from service.db.migrations import upgrade
-from service.db.optimization import QueryOptimizer, maintain_periodically
-from service.db.pool import ConnectionPool
-from service.db.results import ResultStore
 from service.errors import ServiceError
-from service.monitoring.exposition import MetricsListener
 from service.monitoring.performance import MonitoringMiddleware, PerformanceMonitor
+from service.wiring import running
 
 logger = logging.getLogger(__name__)
-
-
-class State(TypedDict):
-    """What every request finds in ``request.state``."""
-
-    settings: Settings
-    pool: ConnectionPool
-    store: ResultStore
-    results: ResultCache
-    compression: CompressionStats
-    monitor: PerformanceMonitor
-    optimizer: QueryOptimizer
 
 
 def create_app(
@@ -67,56 +51,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        pool = ConnectionPool.from_settings(settings)
-        try:
-            if settings.is_embedded_database:
-                logger.info("using the embedded SQLite database at %s", settings.database.database)
-            else:
-                logger.info("using database %s", pool.safe_url)
-            if settings.migrate_on_start:
-                await upgrade(pool)
-            store = ResultStore(pool, max_document_bytes=settings.max_result_bytes)
-            monitor.watch_pool(pool)
-            store.on_query = monitor.time_query
-            cache = ResultCache.from_settings(settings, store)
-            monitor.watch_cache(cache.cache)
-            monitor.watch_results(cache)
-            try:
-                logger.info("cache: %s", cache.cache.backend.name)
-                await cache.start()
-                async with contextlib.AsyncExitStack() as extras:
-                    optimizer = QueryOptimizer.from_settings(settings, pool)
-                    monitor.watch_optimizer(optimizer)
-                    if settings.db_maintenance_interval > 0:
-                        await extras.enter_async_context(
-                            _background(
-                                maintain_periodically(
-                                    optimizer,
-                                    settings.db_maintenance_operation,
-                                    settings.db_maintenance_interval,
-                                )
-                            )
-                        )
-                    if settings.metrics_port is not None:
-                        await extras.enter_async_context(
-                            MetricsListener(monitor, settings.metrics_host, settings.metrics_port)
-                        )
-                    _freeze_what_start_up_made()
-                    yield {
-                        "settings": settings,
-                        "pool": pool,
-                        "store": store,
-                        "results": cache,
-                        "compression": compression,
-                        "monitor": monitor,
-                        "optimizer": optimizer,
-                    }
-            finally:
-                await cache.aclose()
-        finally:
-            await pool.aclose()
+        async with running(settings, monitor) as parts:
+            _freeze_what_start_up_made()
+            yield {
+                "settings": parts.settings,
+                "pool": parts.pool,
+                "store": parts.store,
+                "result_cache": parts.results,
+                "optimizer": parts.optimizer,
+                "compression": compression,
+                "monitor": monitor,
+            }
 
-    routes = [*results.routes, *health.routes, *admin.routes, *openapi.routes]
+    routes = [*result_routes.routes, *health.routes, *admin.routes, *openapi.routes]
     if settings.metrics_port is None:
         routes += metrics.routes
     # Outside Starlette's error middleware, so a hit pays for nothing it does not use;
@@ -245,15 +192,3 @@ def _freeze_what_start_up_made() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-@asynccontextmanager
-async def _background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run ``work`` as a task for the life of the block; cancel and await it on the way out."""
-    task = asyncio.create_task(work)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

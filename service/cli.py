@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-
-from service import __version__
+from service._version import __version__
 from service.config import Settings
 from service.errors import ConfigurationError, ServiceError
 from service.logs import configure_logging
 
-logger = logging.getLogger("service")
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
 def app_factory() -> Starlette:
@@ -71,10 +70,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from service.db.migrations import upgrade
-    from service.db.pool import ConnectionPool
+    from service.wiring import connection_pool
 
     async def run() -> str | None:
-        async with ConnectionPool.from_settings(settings) as pool:
+        async with connection_pool(settings) as pool:
             _, after = await upgrade(pool, args.revision)
             return after
 
@@ -92,7 +91,7 @@ def _cache_stats(args: argparse.Namespace, settings: Settings) -> int:
     """
     import orjson
 
-    from service.cache.manager import CacheManager
+    from service.wiring import cache_manager
 
     if not settings.redis_url:
         print(
@@ -103,7 +102,7 @@ def _cache_stats(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     async def run() -> dict[str, int | str | bool]:
-        async with CacheManager.from_settings(settings) as cache:
+        async with cache_manager(settings) as cache:
             return await cache.backend_info()
 
     info = asyncio.run(run())
@@ -115,13 +114,12 @@ def _db_report(args: argparse.Namespace, settings: Settings) -> int:
     """Print the optimizer's report: a readable table, or JSON with ``--json``."""
     import orjson
 
-    from service.db.optimization import QueryOptimizer
-    from service.db.pool import ConnectionPool
     from service.db.report import Report
+    from service.wiring import connection_pool, query_optimizer
 
     async def run() -> Report:
-        async with ConnectionPool.from_settings(settings) as pool:
-            return await QueryOptimizer.from_settings(settings, pool).report()
+        async with connection_pool(settings) as pool:
+            return await query_optimizer(settings, pool).report()
 
     report = asyncio.run(run())
     if args.json:
@@ -133,14 +131,14 @@ def _db_report(args: argparse.Namespace, settings: Settings) -> int:
 
 def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
     """Run ANALYZE or VACUUM (ANALYZE) table by table; print what ran, with timings."""
-    from service.db.optimization import MaintenanceRun, QueryOptimizer
-    from service.db.pool import ConnectionPool
+    from service.db.optimization import MaintenanceRun
+    from service.wiring import connection_pool, query_optimizer
 
     operation = "vacuum" if args.vacuum else "analyze"
 
     async def run() -> MaintenanceRun:
-        async with ConnectionPool.from_settings(settings) as pool:
-            optimizer = QueryOptimizer.from_settings(settings, pool)
+        async with connection_pool(settings) as pool:
+            optimizer = query_optimizer(settings, pool)
             return await optimizer.maintain(operation, args.table or None)
 
     result = asyncio.run(run())

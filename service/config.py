@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
+from service import defaults
 from service.core.codings import BR, CODINGS, DEFAULT_LEVELS, GZIP, ZSTD, check_level
 from service.errors import ConfigurationError
 
@@ -34,7 +35,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _ENCODINGS = CODINGS
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
-MiB = 1024 * 1024
+MiB = defaults.MiB
 
 
 def default_sqlite_path() -> Path:
@@ -54,21 +55,21 @@ class Settings:
     # Both may hold secrets: left out of repr() so a logged Settings leaks nothing.
     database_url: str = field(default="", repr=False)
     redis_url: str | None = None
-    redis_max_connections: int = 50
-    redis_timeout: float = 0.5
-    result_ttl: int = 3600
-    cache_prefix: str = "svc"
-    l1_max_bytes: int = 64 * MiB
-    l1_ttl: float = 5.0
-    db_pool_size: int = 20
-    db_max_overflow: int = 10
-    db_pool_timeout: float = 30.0
-    db_pool_recycle: int = 1800
-    db_pool_pre_ping: bool = True
-    db_connect_timeout: float = 5.0
-    db_statement_timeout: float = 30.0
-    db_lock_timeout: float = 5.0
-    db_maintenance_timeout: float = 3600.0
+    redis_max_connections: int = defaults.REDIS_MAX_CONNECTIONS
+    redis_timeout: float = defaults.REDIS_TIMEOUT
+    result_ttl: int = defaults.RESULT_TTL
+    cache_prefix: str = defaults.CACHE_PREFIX
+    l1_max_bytes: int = defaults.L1_MAX_BYTES
+    l1_ttl: float = defaults.L1_TTL
+    db_pool_size: int = defaults.DB_POOL_SIZE
+    db_max_overflow: int = defaults.DB_MAX_OVERFLOW
+    db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
+    db_pool_recycle: int = defaults.DB_POOL_RECYCLE
+    db_pool_pre_ping: bool = defaults.DB_POOL_PRE_PING
+    db_connect_timeout: float = defaults.DB_CONNECT_TIMEOUT
+    db_statement_timeout: float = defaults.DB_STATEMENT_TIMEOUT
+    db_lock_timeout: float = defaults.DB_LOCK_TIMEOUT
+    db_maintenance_timeout: float = defaults.DB_MAINTENANCE_TIMEOUT
     db_maintenance_interval: float = 0.0
     db_maintenance_operation: str = "analyze"
     compression_min_size: int = 500
@@ -184,44 +185,59 @@ class Settings:
             value = config(name, default=None)
             return str(value) if value else None
 
-        return cls(
-            database_url=optional("DATABASE_URL") or "",
-            redis_url=optional("REDIS_URL"),
-            redis_max_connections=read("REDIS_MAX_CONNECTIONS", _integer, 50),
-            redis_timeout=read("REDIS_TIMEOUT", _number, 0.5),
-            result_ttl=read("RESULT_TTL", _integer, 3600),
-            cache_prefix=read("CACHE_PREFIX", str, "svc"),
-            l1_max_bytes=read("L1_MAX_BYTES", _integer, 64 * MiB),
-            l1_ttl=read("L1_TTL", _number, 5.0),
-            db_pool_size=read("DB_POOL_SIZE", _integer, 20),
-            db_max_overflow=read("DB_MAX_OVERFLOW", _integer, 10),
-            db_pool_timeout=read("DB_POOL_TIMEOUT", _number, 30.0),
-            db_pool_recycle=read("DB_POOL_RECYCLE", _integer, 1800),
-            db_pool_pre_ping=read("DB_POOL_PRE_PING", _boolean, True),
-            db_connect_timeout=read("DB_CONNECT_TIMEOUT", _number, 5.0),
-            db_statement_timeout=read("DB_STATEMENT_TIMEOUT", _number, 30.0),
-            db_lock_timeout=read("DB_LOCK_TIMEOUT", _number, 5.0),
-            db_maintenance_timeout=read("DB_MAINTENANCE_TIMEOUT", _number, 3600.0),
-            db_maintenance_interval=read("DB_MAINTENANCE_INTERVAL", _number, 0.0),
-            db_maintenance_operation=read("DB_MAINTENANCE_OPERATION", str.lower, "analyze"),
-            compression_min_size=read("COMPRESSION_MIN_SIZE", _integer, 500),
-            compression_encodings=read("COMPRESSION_ENCODINGS", _word_list, _ENCODINGS),
-            compression_zstd_level=read("COMPRESSION_ZSTD_LEVEL", _integer, DEFAULT_LEVELS[ZSTD]),
-            compression_br_level=read("COMPRESSION_BR_LEVEL", _integer, DEFAULT_LEVELS[BR]),
-            compression_gzip_level=read("COMPRESSION_GZIP_LEVEL", _integer, DEFAULT_LEVELS[GZIP]),
-            max_result_bytes=read("MAX_RESULT_BYTES", _integer, MiB),
-            max_header_bytes=read("MAX_HEADER_BYTES", _integer, 32 * 1024),
-            max_headers=read("MAX_HEADERS", _integer, 100),
-            header_timeout=read("HEADER_TIMEOUT", _number, 10.0),
-            body_timeout=read("BODY_TIMEOUT", _number, 30.0),
-            send_timeout=read("SEND_TIMEOUT", _number, 30.0),
-            admin_token=optional("ADMIN_TOKEN"),
-            metrics_port=read("METRICS_PORT", _integer, None),
-            metrics_host=read("METRICS_HOST", str, "127.0.0.1"),
-            log_level=read("LOG_LEVEL", str.lower, "info"),
-            log_format=read("LOG_FORMAT", str.lower, "text"),
-            migrate_on_start=read("MIGRATE_ON_START", _boolean, True),
-        )
+        values: dict[str, Any] = {}
+        for each in fields(cls):
+            variable = each.name.upper()
+            if each.name in _SECRETS_AND_URLS:
+                value = optional(variable)
+                values[each.name] = value if value is not None else each.default
+            else:
+                values[each.name] = read(variable, _READERS[each.name], each.default)
+        return cls(**values)
+
+
+_SECRETS_AND_URLS = ("database_url", "redis_url", "admin_token")
+"""Read as given; an empty value means unset."""
+
+
+def _readers() -> dict[str, Callable[[str], object]]:
+    """How each other setting is read from its variable's text (defaults: the fields')."""
+    integer, number, boolean, word = _integer, _number, _boolean, str.lower
+    return {
+        "redis_max_connections": integer,
+        "redis_timeout": number,
+        "result_ttl": integer,
+        "cache_prefix": str,
+        "l1_max_bytes": integer,
+        "l1_ttl": number,
+        "db_pool_size": integer,
+        "db_max_overflow": integer,
+        "db_pool_timeout": number,
+        "db_pool_recycle": integer,
+        "db_pool_pre_ping": boolean,
+        "db_connect_timeout": number,
+        "db_statement_timeout": number,
+        "db_lock_timeout": number,
+        "db_maintenance_timeout": number,
+        "db_maintenance_interval": number,
+        "db_maintenance_operation": word,
+        "compression_min_size": integer,
+        "compression_encodings": _word_list,
+        "compression_zstd_level": integer,
+        "compression_br_level": integer,
+        "compression_gzip_level": integer,
+        "max_result_bytes": integer,
+        "max_header_bytes": integer,
+        "max_headers": integer,
+        "header_timeout": number,
+        "body_timeout": number,
+        "send_timeout": number,
+        "metrics_port": integer,
+        "metrics_host": str,
+        "log_level": word,
+        "log_format": word,
+        "migrate_on_start": boolean,
+    }
 
 
 def _integer(raw: str) -> int:
@@ -271,3 +287,6 @@ def _database_url(raw: str) -> URL:
             f"unsupported scheme {url.drivername!r}; use postgresql+asyncpg:// or sqlite+aiosqlite://",
         )
     return url.set(drivername=driver)
+
+
+_READERS = _readers()

@@ -46,6 +46,10 @@ class ConfigurationError(ServiceError):
         self.message = message
 
 
+class InvalidArgument(ServiceError, ValueError):
+    """An argument outside what the call accepts (a page size, a version, a bound)."""
+
+
 class ClosedError(ServiceError):
     """The object was used after ``aclose()``."""
 
@@ -58,7 +62,7 @@ class CacheError(ServiceError):
     """
 
 
-class InvalidCacheArgument(CacheError, ValueError):
+class InvalidCacheArgument(CacheError, InvalidArgument):
     """A key, namespace or TTL the cache does not accept."""
 
 

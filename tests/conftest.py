@@ -22,7 +22,7 @@ from service.app import create_app
 from service.config import Settings
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore
+from service.db.result_store import ResultStore
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -219,14 +219,15 @@ async def test_memory_backend_expires_entries() -> None:
     assert backend.size_bytes == len("forever") + 1 + 100  # only "forever" is counted now
 
 
-async def test_from_settings_picks_the_backend() -> None:
+async def test_the_settings_pick_the_backend() -> None:
     from service.config import Settings
+    from service.wiring import cache_manager
 
-    memory = CacheManager.from_settings(Settings(database_url="sqlite:///x.db"))
+    memory = cache_manager(Settings(database_url="sqlite:///x.db"))
     assert memory.backend.name == "memory"
     assert memory.default_ttl == 3600
     await memory.aclose()
-    redis_cache = CacheManager.from_settings(
+    redis_cache = cache_manager(
         Settings(database_url="sqlite:///x.db", redis_url=REDIS_URL, cache_prefix="p1")
     )
     assert redis_cache.backend.name == "redis"

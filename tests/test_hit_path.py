@@ -128,7 +128,7 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
 ) -> None:
     full, fast, behind, state = layers
     ids = {name: f"diff-{name}-{unique_prefix()}" for name in ("big", "small", "deleted")}
-    results = state["results"]
+    results = state["result_cache"]
     await results.put(ids["big"], BIG)
     await results.put(ids["small"], SMALL)
     await results.put(ids["deleted"], SMALL)
@@ -205,7 +205,7 @@ async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
 ) -> None:
     _, fast, behind, state = layers
     rid = f"hits-{unique_prefix()}"
-    await state["results"].put(rid, BIG)
+    await state["result_cache"].put(rid, BIG)
     path = f"/results/{rid}"
 
     async def reaches_the_stack(method: str, headers: Headers, target: str = path) -> bool:
@@ -230,9 +230,9 @@ async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
         assert await reaches_the_stack("GET", odd), odd
     assert await reaches_the_stack("PUT", [])
     assert await reaches_the_stack("GET", [], f"/results/missing-{unique_prefix()}")
-    await state["results"].put(rid, SMALL)  # a write drops the L1 entry at once
+    await state["result_cache"].put(rid, SMALL)  # a write drops the L1 entry at once
     assert await reaches_the_stack("GET", [])
-    stats = state["results"].stats()
+    stats = state["result_cache"].stats()
     assert stats.l1_hits >= 5
 
 
@@ -247,7 +247,7 @@ async def test_middleware_that_edits_headers_in_place_cannot_corrupt_later_hits(
     fast = HitPath(full, encodings=(), stats=state["compression"])
     wrapped = GZipMiddleware(fast, minimum_size=10)
     rid = f"gzip-{unique_prefix()}"
-    await state["results"].put(rid, BIG)
+    await state["result_cache"].put(rid, BIG)
     path = f"/results/{rid}"
     stored = await state["store"].get(rid)
     assert stored is not None

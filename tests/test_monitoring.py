@@ -30,7 +30,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import __version__
+from service._version import __version__
 from service.app import ServiceApp, create_app
 from service.config import Settings
 from service.monitoring.exposition import MetricsListener

@@ -20,7 +20,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore
+from service.db.result_store import ResultStore
 from service.db.schema import results
 from tests.conftest import fresh_database, service_url
 

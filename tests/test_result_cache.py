@@ -24,10 +24,11 @@ from service.cache.backends import MemoryBackend, RedisBackend
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.ready import ReadyResult
-from service.cache.results import NAMESPACE, ResultCache
+from service.cache.result_cache import NAMESPACE, ResultCache
 from service.db.pool import ConnectionPool
-from service.db.results import Absent, ResultStore, StoredResult
+from service.db.result_store import ResultStore
 from service.errors import ConfigurationError, InvalidAnalysisId, InvalidCacheArgument
+from service.model import Absent, StoredResult
 from tests.conftest import ClientFactory, unique_id
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

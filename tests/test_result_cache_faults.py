@@ -22,9 +22,10 @@ from service.cache import entry
 from service.cache.backends import RedisBackend, leading_version
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
-from service.cache.results import ResultCache
+from service.cache.result_cache import ResultCache
 from service.db.pool import ConnectionPool
-from service.db.results import Absent, ResultMeta, ResultStore, StoredResult
+from service.db.result_store import ResultStore
+from service.model import Absent, ResultMeta, StoredResult
 from tests._redis import PrivateRedis, private_redis
 from tests.conftest import ClientFactory, unique_id
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore, encode_document
+from service.db.result_store import ResultStore
 from service.errors import (
     DatabaseUnavailable,
     InvalidAnalysisId,
@@ -22,6 +22,7 @@ from service.errors import (
     PreconditionFailed,
     ResultNotFound,
 )
+from service.model import encode_document
 from tests.conftest import unique_id
 
 

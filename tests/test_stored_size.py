@@ -12,8 +12,9 @@ import pytest
 
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
-from service.db.results import Absent, ResultStore
+from service.db.result_store import ResultStore
 from service.errors import InvalidResult, ResultTooLarge
+from service.model import Absent
 from tests.conftest import ClientFactory, unique_id
 
 LIMIT = 64 * 1024

@@ -17,14 +17,15 @@ from contextlib import asynccontextmanager
 import pytest
 import redis.asyncio as aioredis
 
-from service.cache import results as results_module
+from service.cache import result_cache as result_cache_module
 from service.cache.backends import RedisBackend
 from service.cache.breaker import CircuitBreaker
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
-from service.cache.results import UNSYNCED_POLL, ResultCache
+from service.cache.result_cache import UNSYNCED_POLL, ResultCache
 from service.db.pool import ConnectionPool
-from service.db.results import ResultStore, StoredResult
+from service.db.result_store import ResultStore
+from service.model import StoredResult
 from tests._redis import PrivateRedis, private_redis
 from tests.conftest import unique_id
 
@@ -198,7 +199,7 @@ async def test_without_the_notes_redis_is_not_trusted(pg_url: str) -> None:
 async def test_too_many_notes_empty_the_namespace_once(
     store: ResultStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(results_module, "MAX_UNSYNCED", 2)
+    monkeypatch.setattr(result_cache_module, "MAX_UNSYNCED", 2)
     prefix = f"u{uuid.uuid4().hex[:8]}"
     rids = [unique_id("many") for _ in range(3)]
     async with private_redis() as server, aioredis.Redis.from_url(server.url) as observer:

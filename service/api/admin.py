@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from service.api.body import read_limited, require_json
 from service.api.responses import JSONResponse, Problem
-from service.cache.results import NAMESPACE, ResultCache
-from service.config import Settings
-from service.db.optimization import OPERATIONS, QueryOptimizer
+from service.api.state import state_of
+from service.cache.result_cache import NAMESPACE
+from service.db.optimization import OPERATIONS
 from service.errors import CacheUnavailable
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -30,8 +30,7 @@ MAX_ADMIN_BODY = 4096
 
 def require_admin(request: Request) -> None:
     """Raise the right problem unless the request carries the admin token."""
-    settings: Settings = request.state.settings
-    token = settings.admin_token
+    token = state_of(request)["settings"].admin_token
     if not token:
         raise Problem(404, "no such resource")
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -60,7 +59,7 @@ def admin(endpoint: Endpoint) -> Endpoint:
 @admin
 async def cache_stats(request: Request) -> Response:
     """Counters of this process's cache tiers, and what the shared backend says of itself."""
-    results: ResultCache = request.state.results
+    results = state_of(request)["result_cache"]
     body: dict[str, Any] = {
         "cache": results.cache.stats().as_dict(),
         "results": results.stats().as_dict(),
@@ -75,7 +74,7 @@ async def cache_stats(request: Request) -> Response:
 @admin
 async def cache_invalidate(request: Request) -> Response:
     """Drop ``{"analysis_id": ...}`` or a whole ``{"namespace": ...}`` from every tier."""
-    results: ResultCache = request.state.results
+    results = state_of(request)["result_cache"]
     order = await _json_body(request)
     if (
         not isinstance(order, dict)
@@ -103,8 +102,7 @@ async def cache_invalidate(request: Request) -> Response:
 @admin
 async def db_report(request: Request) -> Response:
     """The optimizer's report of the database, as JSON."""
-    optimizer: QueryOptimizer = request.state.optimizer
-    report = await optimizer.report()
+    report = await state_of(request)["optimizer"].report()
     return JSONResponse(report.as_dict())
 
 
@@ -116,7 +114,7 @@ async def db_maintenance(request: Request) -> Response:
     on another replica) is maintaining; 422 for an unknown operation or table, before
     anything runs.
     """
-    optimizer: QueryOptimizer = request.state.optimizer
+    optimizer = state_of(request)["optimizer"]
     order = await _json_body(request)
     if not isinstance(order, dict) or not order.keys() <= {"operation", "tables"}:
         raise Problem(

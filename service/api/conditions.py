@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from service.api.responses import Problem, quoted
 from service.core.validators import version_of_tag
-from service.db.results import IfMatch
+from service.model import IfMatch
 
 
 def _entity_tags(header: str) -> list[str]:

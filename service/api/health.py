@@ -10,8 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.responses import JSONResponse, Problem
-from service.cache.results import ResultCache
-from service.db.pool import ConnectionPool
+from service.api.state import state_of
+from service.cache.result_cache import ResultCache
 from service.errors import DatabaseError
 from service.logs import RateLimitedLog
 
@@ -36,8 +36,9 @@ async def readyz(request: Request) -> Response:
     without it. A 503 is logged as one WARNING line, rate-limited: the probe keeps
     asking all through an outage, and its traceback would say nothing new.
     """
-    pool: ConnectionPool = request.state.pool
-    checks = {"database": "ok", "cache": _cache_state(request.state.results)}
+    state = state_of(request)
+    pool = state["pool"]
+    checks = {"database": "ok", "cache": _cache_state(state["result_cache"])}
     try:
         async with asyncio.timeout(READINESS_TIMEOUT):
             await pool.ping()

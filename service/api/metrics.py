@@ -11,12 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.monitoring.performance import PerformanceMonitor
+from service.api.state import state_of
 
 
 async def metrics(request: Request) -> Response:
-    monitor: PerformanceMonitor = request.state.monitor
-    body, headers = monitor.render(request.headers.getlist("accept"))
+    body, headers = state_of(request)["monitor"].render(request.headers.getlist("accept"))
     return Response(body, headers=headers)
 
 

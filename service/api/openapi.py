@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import __version__
+from service._version import __version__
 from service.api.responses import PROBLEM_MEDIA_TYPE, JSONResponse
-from service.db.results import MAX_PAGE_SIZE
+from service.model import MAX_PAGE_SIZE
 
 Schema = dict[str, Any]
 

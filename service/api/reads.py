@@ -25,7 +25,7 @@ from service.core.compression import CompressionStats
 from service.core.negotiation import IDENTITY, choose_coding
 
 if TYPE_CHECKING:
-    from service.cache.results import ResultCache
+    from service.cache.result_cache import ResultCache
     from service.monitoring.performance import PerformanceMonitor, RequestSlot
 
 PREFIX: Final = "/results/"
@@ -96,7 +96,7 @@ class HitPath:
     """Pure ASGI, in front of everything: L1 hits of ``/results/{id}`` answered from
     their ready representations (see the module docstring).
 
-    It finds the :class:`ResultCache` in the lifespan state (``scope["state"]["results"]``).
+    It finds the :class:`ResultCache` in the lifespan state (``scope["state"]["result_cache"]``).
     With a ``monitor`` it records each answer in the series the monitoring middleware
     would have used (``endpoint``), so a hit is timed and counted as the route's reads
     are; it sits outside that middleware so a hit does not also pay for its wrapping.
@@ -137,7 +137,7 @@ class HitPath:
             return False
         started = perf_counter()
         state = scope.get("state")
-        results: ResultCache | None = state.get("results") if state else None
+        results: ResultCache | None = state.get("result_cache") if state else None
         if results is None:
             return False
         ready = results.ready(path[_PREFIX_LENGTH:])

@@ -5,7 +5,7 @@ from service.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from service.cache.breaker import BreakerState, CircuitBreaker
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager, CacheStats
-from service.cache.results import CachedRead, ResultCache, ResultCacheStats
+from service.cache.result_cache import CachedRead, ResultCache, ResultCacheStats
 
 __all__ = [
     "BreakerState",

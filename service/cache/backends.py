@@ -24,6 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 
+from service import defaults
+
 logger = logging.getLogger(__name__)
 
 # What one entry costs beyond its key and value bytes (dict slot, tuple, floats).
@@ -211,8 +213,8 @@ class RedisBackend:
         self,
         url: str,
         *,
-        max_connections: int = 50,
-        socket_timeout: float = 0.5,
+        max_connections: int = defaults.REDIS_MAX_CONNECTIONS,
+        socket_timeout: float = defaults.REDIS_TIMEOUT,
         pool_timeout: float = 1.0,
     ) -> None:
         self._url = url  # may hold a password: never logged

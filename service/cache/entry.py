@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.db.results import Absent, ResultMeta, StoredResult
+from service.model import Absent, ResultMeta, StoredResult
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

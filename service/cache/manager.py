@@ -1,6 +1,6 @@
 """CacheManager: namespaced get/set/delete with TTLs over one backend, failing open.
 
-The specification's part 1, awaitable. Keys are ``{prefix}:{namespace}:{key}``; a
+Every call is awaitable. Keys are ``{prefix}:{namespace}:{key}``; a
 namespace is 1-64 characters of ``A-Z a-z 0-9 _ . -`` (no ``:``, no glob characters),
 so no key of one namespace can be named, or invalidated, through another.
 
@@ -29,9 +29,9 @@ from typing import Any, Self, TypeVar
 import orjson
 from redis.exceptions import RedisError
 
+from service import defaults
 from service.cache.backends import CacheBackend, MemoryBackend, Notice, RedisBackend
 from service.cache.breaker import CircuitBreaker
-from service.config import Settings
 from service.errors import (
     CacheSerializationError,
     CacheUnavailable,
@@ -81,7 +81,7 @@ class CacheManager:
         self,
         backend: CacheBackend,
         *,
-        prefix: str = "svc",
+        prefix: str = defaults.CACHE_PREFIX,
         default_ttl: float | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
@@ -98,23 +98,9 @@ class CacheManager:
 
     @classmethod
     def from_url(cls, url: str | None, **options: Any) -> CacheManager:
-        """Redis at ``url``, or a 64 MiB in-process cache when ``url`` is None."""
-        backend: CacheBackend = RedisBackend(url) if url else MemoryBackend(64 * 1024 * 1024)
+        """Redis at ``url``, or an in-process cache of L1_MAX_BYTES when ``url`` is None."""
+        backend: CacheBackend = RedisBackend(url) if url else MemoryBackend(defaults.L1_MAX_BYTES)
         return cls(backend, **options)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CacheManager:
-        """REDIS_URL and REDIS_* (or memory bounded by L1_MAX_BYTES), CACHE_PREFIX, RESULT_TTL."""
-        backend: CacheBackend
-        if settings.redis_url:
-            backend = RedisBackend(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                socket_timeout=settings.redis_timeout,
-            )
-        else:
-            backend = MemoryBackend(settings.l1_max_bytes)
-        return cls(backend, prefix=settings.cache_prefix, default_ttl=settings.result_ttl)
 
     def full_key(self, key: str, namespace: str | None = None) -> str:
         """``{prefix}:{namespace}:{key}`` after checking both parts."""

@@ -21,7 +21,7 @@ from typing import Final
 from service.core.codings import compress, encoded_etag
 from service.core.negotiation import IDENTITY
 from service.core.validators import http_date, since_seconds, weak_match
-from service.db.results import StoredResult
+from service.model import StoredResult
 
 THREAD_MINIMUM_SIZE: Final = 64 * 1024
 """Bodies this large are compressed in a worker thread, not on the event loop."""

@@ -1,1 +1,2 @@
-"""Pieces of HTTP that serve any ASGI app: content-coding negotiation (compression next)."""
+"""Pieces of HTTP that serve any ASGI app: content-coding negotiation, the codings,
+entity-tag and date validators, and the streaming CompressionMiddleware."""

@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.config import Settings
+from service import defaults
 from service.db import advisor, diagnostics
 from service.db.diagnostics import Thresholds
 from service.db.pool import ConnectionPool, sqlstate
@@ -116,8 +116,8 @@ class QueryOptimizer:
         self,
         pool: ConnectionPool,
         *,
-        lock_timeout: float = 5.0,
-        statement_timeout: float = 3600.0,
+        lock_timeout: float = defaults.DB_LOCK_TIMEOUT,
+        statement_timeout: float = defaults.DB_MAINTENANCE_TIMEOUT,
         thresholds: Thresholds | None = None,
     ) -> None:
         if lock_timeout <= 0 or statement_timeout <= 0:
@@ -128,17 +128,6 @@ class QueryOptimizer:
         self.thresholds = thresholds or Thresholds()
         self.statements: dict[tuple[str, str], int] = {}
         """Maintenance statements run by this optimizer, by (operation, outcome)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings, pool: ConnectionPool) -> QueryOptimizer:
-        """An optimizer with ``DB_LOCK_TIMEOUT`` and ``DB_MAINTENANCE_TIMEOUT``."""
-        return cls(
-            pool,
-            lock_timeout=settings.db_lock_timeout,
-            statement_timeout=settings.db_maintenance_timeout,
-        )
-
-    # Maintenance.
 
     async def analyze(self, tables: Iterable[str] | None = None) -> MaintenanceRun:
         """``ANALYZE`` each table (default: all of the database's own), one at a time."""
@@ -154,8 +143,9 @@ class QueryOptimizer:
         return await self.maintain("vacuum", tables, analyze=analyze)
 
     async def optimize_queries(self) -> MaintenanceRun:
-        """The specification's entry point: refresh statistics and reclaim dead rows
-        everywhere, the safe way (``VACUUM (ANALYZE)`` table by table)."""
+        """Refresh statistics and reclaim dead rows everywhere, the safe way
+        (``VACUUM (ANALYZE)`` table by table): the one call for callers who want
+        "make the database fast again" without choosing an operation."""
         return await self.vacuum(analyze=True)
 
     async def maintain(
@@ -278,7 +268,7 @@ class QueryOptimizer:
                 )
                 yield conn
             finally:
-                await _release(conn)
+                await _unlock_or_discard(conn)
 
     async def _resolve(self, conn: AsyncConnection, wanted: list[str] | None) -> list[str]:
         if self.pool.dialect == "sqlite":
@@ -377,7 +367,7 @@ def _statements(
     ]
 
 
-async def _release(conn: AsyncConnection) -> None:
+async def _unlock_or_discard(conn: AsyncConnection) -> None:
     """Unlock and restore the session; if that fails, close the connection, which
     releases a session-level advisory lock for certain."""
     try:

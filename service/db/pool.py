@@ -1,6 +1,6 @@
 """ConnectionPool: the one AsyncEngine of a process, its pool, and its statistics.
 
-The specification's part 4, made asynchronous: SQLAlchemy's ``AsyncEngine`` on asyncpg
+Asynchronous throughout: SQLAlchemy's ``AsyncEngine`` on asyncpg
 (or aiosqlite for the embedded default) with ``AsyncAdaptedQueuePool``, the async twin of
 ``QueuePool``. Two promises matter to callers:
 
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from service.config import Settings
+from service import defaults
 from service.db._engine import check_liveness_on_checkout, create_engine
 from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
 
@@ -93,14 +93,14 @@ class ConnectionPool:
         self,
         url: str | URL,
         *,
-        pool_size: int = 20,
-        max_overflow: int = 10,
-        pool_timeout: float = 30.0,
-        pool_recycle: int = 1800,
-        pre_ping: bool = True,
+        pool_size: int = defaults.DB_POOL_SIZE,
+        max_overflow: int = defaults.DB_MAX_OVERFLOW,
+        pool_timeout: float = defaults.DB_POOL_TIMEOUT,
+        pool_recycle: int = defaults.DB_POOL_RECYCLE,
+        pre_ping: bool = defaults.DB_POOL_PRE_PING,
         ping_idle_after: float = 1.0,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 30.0,
+        connect_timeout: float = defaults.DB_CONNECT_TIMEOUT,
+        statement_timeout: float = defaults.DB_STATEMENT_TIMEOUT,
         application_name: str = "service",
     ) -> None:
         self._url = make_url(url)
@@ -128,20 +128,6 @@ class ConnectionPool:
         self.on_acquire: Callable[[float], None] | None = None
         """Called with the seconds each successful checkout waited (metrics use it)."""
         self._closed = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ConnectionPool:
-        """A pool configured by the ``DATABASE_URL`` and ``DB_*`` settings."""
-        return cls(
-            settings.database,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
-            pool_timeout=settings.db_pool_timeout,
-            pool_recycle=settings.db_pool_recycle,
-            pre_ping=settings.db_pool_pre_ping,
-            connect_timeout=settings.db_connect_timeout,
-            statement_timeout=settings.db_statement_timeout,
-        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -182,7 +168,7 @@ class ConnectionPool:
                 with _translate_errors():
                     yield conn
             finally:
-                await _release(conn)
+                await _return_to_pool(conn)
         finally:
             self._gate.release()
 
@@ -200,7 +186,7 @@ class ConnectionPool:
                     async with conn.begin():
                         yield conn
             finally:
-                await _release(conn)
+                await _return_to_pool(conn)
         finally:
             self._gate.release()
 
@@ -419,7 +405,7 @@ def _invalidate_if_broken(conn: Connection, exc: BaseException) -> None:
             conn.invalidate(exc if isinstance(exc, Exception) else None)
 
 
-async def _release(conn: AsyncConnection) -> None:
+async def _return_to_pool(conn: AsyncConnection) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         # The block is being cancelled, and a cancel scope may cancel again at every

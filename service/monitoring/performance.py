@@ -41,9 +41,11 @@ from aioprometheus.renderer import render
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service._version import __version__
+
 if TYPE_CHECKING:
     from service.cache.manager import CacheManager
-    from service.cache.results import ResultCache
+    from service.cache.result_cache import ResultCache
     from service.core.compression import CompressionStats
     from service.db.optimization import QueryOptimizer
     from service.db.pool import ConnectionPool
@@ -391,8 +393,6 @@ def _build_labels() -> dict[str, str]:
     import asyncio
 
     from redis.utils import HIREDIS_AVAILABLE
-
-    from service import __version__
 
     loop = type(asyncio.get_running_loop()).__module__
     return {

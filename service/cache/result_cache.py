@@ -46,29 +46,55 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
+from service import defaults
 from service.cache import entry
 from service.cache.backends import Notice, RedisBackend
 from service.cache.invalidation import ALL, InvalidationListener
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.ready import ReadyResult
-from service.config import Settings
-from service.db.results import (
+from service.errors import CacheUnavailable, ConfigurationError, DatabaseError, InvalidArgument
+from service.logs import RateLimitedLog
+from service.model import (
     Absent,
     IfMatch,
     ResultMeta,
-    ResultStore,
     StoredResult,
     WriteOutcome,
     encode_document,
     validate_analysis_id,
 )
-from service.errors import CacheUnavailable, ConfigurationError, DatabaseError
-from service.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+
+
+class ResultSource(Protocol):
+    """Where results are kept: what the cache reads through and writes through.
+
+    :class:`service.db.result_store.ResultStore` is the one the service uses; the cache
+    needs only these calls, so it does not depend on the database layer. The notes are
+    the durable list of writes that could not reach the shared cache, kept per cache
+    namespace (``cache``).
+    """
+
+    async def read(self, analysis_id: str) -> StoredResult | Absent: ...
+    async def put(
+        self,
+        analysis_id: str,
+        document: Mapping[str, Any] | bytes,
+        *,
+        if_match: IfMatch = None,
+        if_none_match: bool = False,
+    ) -> WriteOutcome: ...
+    async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta: ...
+    async def note_unsynced(self, cache: str, analysis_id: str, version: int) -> None: ...
+    async def unsynced(self, cache: str, limit: int) -> tuple[tuple[str, int], ...]: ...
+    async def forget_unsynced(self, cache: str, analysis_id: str, version: int) -> bool: ...
+    async def forget_unsynced_before(self, cache: str, moment: datetime) -> int: ...
+    async def database_now(self) -> datetime: ...
+
 
 NAMESPACE = "results"
 ABSENT_TTL = 60.0
@@ -138,7 +164,7 @@ class ResultCacheStats:
 
 
 class ResultCache:
-    """Analysis results cached by version; the specification's part 2.
+    """Analysis results cached by version.
 
     From your own asyncio code, with or without a database behind it::
 
@@ -146,23 +172,24 @@ class ResultCache:
             await results.cache_analysis_result("run-42", {"score": 0.9})
             await results.get_analysis_result("run-42")     # {"score": 0.9}
 
-    With a :class:`ResultStore` it also reads through (:meth:`get`) and writes through
-    (:meth:`put`, :meth:`delete`); that is what the HTTP API uses.
+    With a :class:`ResultSource` (the service's is
+    :class:`~service.db.result_store.ResultStore`) it also reads through (:meth:`get`)
+    and writes through (:meth:`put`, :meth:`delete`); that is what the HTTP API uses.
     """
 
     def __init__(
         self,
         cache: CacheManager | None = None,
-        store: ResultStore | None = None,
+        store: ResultSource | None = None,
         *,
         ttl: float | None = None,
         l1: L1 | None = None,
-        l1_ttl: float = 5.0,
+        l1_ttl: float = defaults.L1_TTL,
     ) -> None:
         self._owns_cache = cache is None
-        self.cache = cache or CacheManager.from_url(None, default_ttl=3600)
+        self.cache = cache or CacheManager.from_url(None, default_ttl=defaults.RESULT_TTL)
         self.store = store
-        self.ttl = ttl if ttl is not None else (self.cache.default_ttl or 3600.0)
+        self.ttl = ttl if ttl is not None else (self.cache.default_ttl or defaults.RESULT_TTL)
         self.l1 = l1
         self.l1_ttl = l1_ttl
         self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
@@ -187,16 +214,6 @@ class ResultCache:
                 backend, self.channel, self._on_notice, self._drop_everything_local
             )
         self._l1_hits = self._shared_hits = self._loads = self._joined = self._joined_hits = 0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, store: ResultStore | None = None) -> ResultCache:
-        """The service's two tiers: L1 (unless L1_MAX_BYTES is 0) and the shared backend
-        (Redis, or this process's memory without REDIS_URL)."""
-        cache = CacheManager.from_settings(settings)
-        l1: L1 | None = LocalCache(settings.l1_max_bytes) if settings.l1_max_bytes > 0 else None
-        results = cls(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
-        results._owns_cache = True
-        return results
 
     @property
     def listener(self) -> InvalidationListener | None:
@@ -267,11 +284,11 @@ class ResultCache:
         """
         validate_analysis_id(analysis_id)
         if version is not None and (isinstance(version, bool) or version < 1):
-            raise ValueError(f"version must be a whole number >= 1, got {version!r}")
+            raise InvalidArgument(f"version must be a whole number >= 1, got {version!r}")
         now = datetime.now(UTC)
         meta = ResultMeta(analysis_id, version or 0, now, now)
         document = StoredResult(meta, encode_document(result).encode())
-        return await self._publish(document, ttl) is True
+        return await self._write_through(document, ttl) is True
 
     # Read-through and write-through, for the HTTP API.
 
@@ -308,13 +325,13 @@ class ResultCache:
         outcome = await self._store().put(
             analysis_id, document, if_match=if_match, if_none_match=if_none_match
         )
-        await self._publish(outcome.result, self.ttl)
+        await self._write_through(outcome.result, self.ttl)
         return outcome
 
     async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta:
         """:meth:`ResultStore.delete`, then a tombstone into the cache before returning."""
         meta = await self._store().delete(analysis_id, if_match=if_match)
-        await self._publish(Absent(analysis_id, meta.version), self.ttl)
+        await self._write_through(Absent(analysis_id, meta.version), self.ttl)
         return meta
 
     async def invalidate(self, analysis_id: str | None = None) -> int:
@@ -409,7 +426,7 @@ class ResultCache:
             return False
         return _version(found) >= self._written.get(_id_of(found), 0)
 
-    async def _publish(self, found: StoredResult | Absent, ttl: float | None) -> bool | None:
+    async def _write_through(self, found: StoredResult | Absent, ttl: float | None) -> bool | None:
         """Shared tier (compare-and-set plus notice), then end local flights and L1 entry."""
         analysis_id = _id_of(found)
         version = _version(found)
@@ -492,7 +509,7 @@ class ResultCache:
         ready.on_grow = lambda extra: l1.charge(analysis_id, ready, extra)
         return ready
 
-    def _store(self) -> ResultStore:
+    def _store(self) -> ResultSource:
         if self.store is None:
             raise ConfigurationError(
                 "store", "this ResultCache was made without a ResultStore to read through"

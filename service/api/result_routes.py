@@ -13,29 +13,12 @@ from service.api.body import read_limited, require_json
 from service.api.conditions import parse_if_match, parse_if_none_match_for_write
 from service.api.reads import ReadRequest, answer
 from service.api.responses import JSONResponse, Problem, RawResponse, quoted
+from service.api.state import state_of
 from service.cache.ready import ReadyResult
-from service.cache.results import ResultCache
-from service.config import Settings
 from service.core.validators import bounded_decimal, http_date
-from service.db.results import (
-    MAX_PAGE_SIZE,
-    ResultMeta,
-    ResultStore,
-    StoredResult,
-    validate_analysis_id,
-)
+from service.model import MAX_PAGE_SIZE, ResultMeta, StoredResult, validate_analysis_id
 
 DEFAULT_PAGE_SIZE = 100
-
-
-def _store(request: Request) -> ResultStore:
-    store: ResultStore = request.state.store
-    return store
-
-
-def _results(request: Request) -> ResultCache:
-    results: ResultCache = request.state.results
-    return results
 
 
 def _validators(meta: ResultMeta) -> dict[str, str]:
@@ -54,7 +37,8 @@ async def result_item(request: Request) -> Response:
 
 
 async def _read(request: Request, analysis_id: str) -> Response:
-    read = await _results(request).get(analysis_id)
+    state = state_of(request)
+    read = await state["result_cache"].get(analysis_id)
     stored = read.found
     if not isinstance(stored, StoredResult):
         raise Problem(
@@ -63,7 +47,7 @@ async def _read(request: Request, analysis_id: str) -> Response:
             slug="result-not-found",
             headers={"X-Cache": "HIT" if read.hit else "MISS"},
         )
-    settings: Settings = request.state.settings
+    settings = state["settings"]
     # Without L1 the representation is made for this response alone.
     ready = read.ready or ReadyResult(stored)
     conditions = ReadRequest(request.scope["headers"])
@@ -76,7 +60,7 @@ async def _read(request: Request, analysis_id: str) -> Response:
         conditions,
         head=request.method == "HEAD",
         hit=read.hit,
-        stats=request.state.compression,
+        stats=state["compression"],
     )
     return RawResponse(status, headers, body)
 
@@ -85,8 +69,9 @@ async def _write(request: Request, analysis_id: str) -> Response:
     if_match = parse_if_match(request.headers.get("if-match"))
     create_only = parse_if_none_match_for_write(request.headers.get("if-none-match"))
     require_json(request)
-    body = await read_limited(request, request.state.settings.max_result_bytes)
-    outcome = await _results(request).put(
+    state = state_of(request)
+    body = await read_limited(request, state["settings"].max_result_bytes)
+    outcome = await state["result_cache"].put(
         analysis_id, body, if_match=if_match, if_none_match=create_only
     )
     meta = outcome.meta
@@ -103,7 +88,7 @@ async def _write(request: Request, analysis_id: str) -> Response:
 
 async def _delete(request: Request, analysis_id: str) -> Response:
     if_match = parse_if_match(request.headers.get("if-match"))
-    await _results(request).delete(analysis_id, if_match=if_match)
+    await state_of(request)["result_cache"].delete(analysis_id, if_match=if_match)
     return Response(status_code=204)
 
 
@@ -122,7 +107,7 @@ async def result_list(request: Request) -> Response:
             )
         limit = parsed
     after = request.query_params.get("after")
-    page = await _store(request).list_json(limit=limit, after=after)
+    page = await state_of(request)["store"].list_json(limit=limit, after=after)
     return Response(page, media_type="application/json")
 
 

@@ -14,13 +14,10 @@ the stored text (``result::text`` on PostgreSQL) without parsing it.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from typing import cast as cast_as
 
 import asyncpg
@@ -49,161 +46,24 @@ from service.db._engine import await_
 from service.db.pool import ConnectionPool, sqlstate
 from service.db.schema import results, unsynced_results
 from service.errors import (
-    InvalidAnalysisId,
+    InvalidArgument,
     InvalidResult,
     MalformedJSON,
     PreconditionFailed,
     ResultNotFound,
     ResultTooLarge,
 )
-
-_JSON_WHITESPACE = " \t\n\r"
-ANALYSIS_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-MAX_PAGE_SIZE = 1000
-
-IfMatch = int | Literal["*"] | None
-"""A version the stored result must have, ``"*"`` for "any live version", or None."""
-
-
-def validate_analysis_id(analysis_id: str) -> str:
-    """Return ``analysis_id`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ -``.
-
-    Raises :class:`InvalidAnalysisId` otherwise (``..`` alone is refused too: it would
-    read as a path segment in a URL).
-    """
-    if (
-        not isinstance(analysis_id, str)
-        or ANALYSIS_ID_PATTERN.fullmatch(analysis_id) is None
-        or analysis_id in (".", "..")
-    ):
-        shown = analysis_id[:40] if isinstance(analysis_id, str) else type(analysis_id).__name__
-        raise InvalidAnalysisId(
-            f"analysis_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -, got {shown!r}"
-        )
-    return analysis_id
-
-
-def encode_document(document: Mapping[str, Any] | bytes, *, parse: bool = True) -> str:
-    """Validate a result document and return the JSON text to store.
-
-    Bytes must be UTF-8 JSON whose top level is an object; they are returned as sent.
-    With ``parse=False`` an object's text is not parsed here: the caller's database
-    parses it anyway (PostgreSQL's JSONB input) and refuses malformed JSON itself,
-    which the store reports as :class:`MalformedJSON`. Parsing a 32 KB document into
-    Python objects only to throw them away was the largest CPU cost of a PUT.
-    A mapping is serialized with orjson (datetimes as RFC 3339, UUIDs as strings,
-    dataclasses as objects). Raises :class:`MalformedJSON` for bytes that are not
-    JSON and :class:`InvalidResult` for anything else that is not an object.
-    """
-    if isinstance(document, bytes | bytearray | memoryview):
-        try:
-            text = bytes(document).decode()
-        except UnicodeDecodeError as exc:
-            raise MalformedJSON(f"malformed JSON: not UTF-8 ({exc.reason})") from None
-        if not parse and text.lstrip(_JSON_WHITESPACE).startswith("{"):
-            return text
-        try:
-            parsed = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            parsed = _parse_beyond_double(text, exc)
-        if not isinstance(parsed, dict):
-            raise InvalidResult(f"a result must be a JSON object, not {_json_kind(parsed)}")
-        return text
-    if not isinstance(document, Mapping):
-        raise InvalidResult(f"a result must be a mapping, not {type(document).__name__}")
-    try:
-        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError as exc:
-        raise InvalidResult(f"result cannot be serialized: {exc}") from None
-
-
-def _parse_beyond_double(text: str, error: orjson.JSONDecodeError) -> Any:
-    """Parse what orjson refused only because a number is beyond a double (``1e400``):
-    valid JSON, which the text stores exactly as sent. Anything else is malformed."""
-    if "infinity" not in str(error):
-        raise MalformedJSON(f"malformed JSON: {error}") from None
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not JSON")
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise MalformedJSON(f"malformed JSON: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class ResultMeta:
-    """What is known about a stored result besides its document."""
-
-    analysis_id: str
-    version: int
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def etag(self) -> str:
-        """The strong entity tag of this version, quoted as HTTP sends it."""
-        return f'"{self.version}"'
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: timestamps as RFC 3339 strings in UTC."""
-        return {
-            "analysis_id": self.analysis_id,
-            "version": self.version,
-            "created_at": _rfc3339(self.created_at),
-            "updated_at": _rfc3339(self.updated_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    """A result as stored: its metadata and its JSON text, ready to send."""
-
-    meta: ResultMeta
-    body: bytes
-
-    def document(self) -> dict[str, Any]:
-        """The document parsed into Python objects."""
-        parsed: dict[str, Any] = orjson.loads(self.body)
-        return parsed
-
-
-@dataclass(frozen=True, slots=True)
-class Absent:
-    """No live result under ``analysis_id``: never written (version 0) or deleted.
-
-    The version is what a cache needs to order this answer against writes: a deleted
-    result's tombstone has the version of its delete, so a cache can tell it apart from
-    (and refuse to be overwritten by) an older read that still saw the document.
-    """
-
-    analysis_id: str
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    """What a :meth:`ResultStore.put` did."""
-
-    meta: ResultMeta
-    created: bool
-    """True when no live result existed before (HTTP 201), False when one was replaced."""
-    body: bytes
-    """The document as stored, exactly as a later read returns it."""
-
-    @property
-    def result(self) -> StoredResult:
-        return StoredResult(self.meta, self.body)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of the keyset-paginated listing."""
-
-    items: list[ResultMeta]
-    next: str | None
-    """Pass as ``after`` to get the next page; None on the last page."""
+from service.model import (
+    MAX_PAGE_SIZE,
+    Absent,
+    IfMatch,
+    Page,
+    ResultMeta,
+    StoredResult,
+    WriteOutcome,
+    encode_document,
+    validate_analysis_id,
+)
 
 
 class ResultStore:
@@ -223,7 +83,7 @@ class ResultStore:
 
     def __init__(self, pool: ConnectionPool, *, max_document_bytes: int | None = None) -> None:
         if max_document_bytes is not None and max_document_bytes < 2:
-            raise ValueError("max_document_bytes must be at least 2 (the size of {})")
+            raise InvalidArgument("max_document_bytes must be at least 2 (the size of {})")
         self._pool = pool
         self.max_document_bytes = max_document_bytes
         self._statements = _Statements(pool.dialect)
@@ -308,7 +168,7 @@ class ResultStore:
     async def list(self, *, limit: int = 100, after: str | None = None) -> Page:
         """Live results ordered by ``analysis_id``, ``limit`` (1-1000) at a time."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+            raise InvalidArgument(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
         params: dict[str, Any] = {"limit": limit + 1}
         if after is not None:
             params["after"] = validate_analysis_id(after)
@@ -333,7 +193,7 @@ class ResultStore:
             page = await self.list(limit=limit, after=after)
             return orjson.dumps({"items": [m.as_dict() for m in page.items], "next": page.next})
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+            raise InvalidArgument(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
         params: dict[str, Any] = {"limit": limit}
         statement = statements.page_json_first
         if after is not None:
@@ -627,10 +487,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _database_detail(exc: BaseException) -> str:
     """PostgreSQL's own words on a refused document (its message and detail, which
     quote a token of the client's own body), short; never the statement."""
@@ -649,11 +505,6 @@ def _too_large(size: int | None, limit: int) -> ResultTooLarge:
         size=size,
         limit=limit,
     )
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return kinds.get(type(value), "a number")
 
 
 def _precondition_detail(analysis_id: str, if_match: IfMatch, if_none_match: bool) -> str:
