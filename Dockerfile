@@ -1,15 +1,22 @@
 # syntax=docker/dockerfile:1
-# Build: the same install step as README.md (a virtual environment, `pip install .`).
-FROM python:3.11-slim AS build
+# One base for both stages; pin it by digest for a build that does not change under
+# you (README.md, "Reproducible builds", says how): --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# Build: every dependency at the version and hash requirements.lock names (pip refuses
+# anything else), then the service itself without resolving again.
+FROM ${PYTHON_IMAGE} AS build
 RUN python -m venv /opt/venv
 WORKDIR /src
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY migrations ./migrations
-RUN /opt/venv/bin/pip install --no-cache-dir .
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
 # Run: no compilers, no sources, a non-root user.
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -59,8 +59,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import wiring
-from service.api import result_routes
-from service.api.responses import handle_exception
 from service.app import create_app
 from service.cache.backends import MemoryBackend
 from service.cache.manager import CacheManager
@@ -246,12 +244,13 @@ def create_bench_app() -> ASGIApp:
         heads["/cashews"] = Starlette(routes=[Route("/cashews/doc", cashews_doc)])
 
     variants: dict[str, dict[str, Any]] = {}
+    # The route pre-encodes only the codings COMPRESSION_ENCODINGS offers: none here, and
+    # the service's own compression layer passes everything through to the peer's.
+    peer_settings = dataclasses.replace(settings, compression_encodings=())
     targets: dict[str, ASGIApp] = {
         "/no-metrics": create_app(settings, monitoring=False),
         "/with-metrics": service,
-        "/gzip-peer": GZipMiddleware(
-            Starlette(routes=result_routes.routes, exception_handlers={Exception: handle_exception})
-        ),
+        "/gzip-peer": GZipMiddleware(create_app(peer_settings, hit_path=False, monitoring=False)),
     }
 
     @contextlib.asynccontextmanager
@@ -290,8 +289,6 @@ def create_bench_app() -> ASGIApp:
             for prefix, cache in caches.items():
                 await cache.start()
                 variants[prefix] = {**state, "result_cache": cache}
-            # The route pre-encodes only the codings COMPRESSION_ENCODINGS offers: none here.
-            peer_settings = dataclasses.replace(settings, compression_encodings=())
             variants["/gzip-peer"] = {**state, "settings": peer_settings}
             variants["/no-metrics"] = state
             variants["/with-metrics"] = state

@@ -1,19 +1,26 @@
-"""Fixtures: a throw-away PostgreSQL database per test run, pools, stores and HTTP clients.
+"""Fixtures and hooks: a throw-away PostgreSQL database per test run, pools, stores, HTTP
+clients, and the markers that say which servers and programs a test needs.
 
 The real server at TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
-creates a database named ``svc_test_<random>`` for the session and drops it at the end.
+gets a database named ``svc_test_<random>`` for the session, dropped at the end; Redis is
+the one at TEST_REDIS_URL (default redis://127.0.0.1:6379/0). The helpers the tests share
+live in ``tests/helpers.py``.
+
+Markers (registered in pyproject.toml): ``postgres``, ``redis`` and ``tools`` say what a
+test needs besides Python, so ``pytest -m "not postgres and not redis and not tools"``
+runs on a bare machine. A test that uses a fixture of :data:`SERVER_FIXTURES` (directly
+or through another fixture) gets that fixture's marker here; tests that reach a server
+or a program some other way carry the marker themselves (``pytestmark``, a decorator, or
+``pytest.param(..., marks=...)``).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -23,10 +30,10 @@ from service.config import Settings
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
+from tests.helpers import ADMIN_URL, REDIS_URL, ClientFactory, fresh_database, service_url
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+SERVER_FIXTURES = {"pg_admin_url": "postgres", "redis_url": "redis"}
+"""Fixture name -> the marker of every test that uses it."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,40 +45,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def unique_id(prefix: str = "t") -> str:
-    """An analysis id no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@asynccontextmanager
-async def fresh_database(prefix: str, admin_dsn: str = ADMIN_URL) -> AsyncIterator[str]:
-    """``CREATE DATABASE <prefix>_<random>`` on the server of ``admin_dsn``; yields its
-    libpq DSN (for asyncpg); ``DROP DATABASE ... WITH (FORCE)`` afterwards, also on failure."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-def service_url(dsn: str) -> str:
-    """The SQLAlchemy URL (asyncpg driver) of a libpq DSN."""
-    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what its fixtures need (see SERVER_FIXTURES)."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in SERVER_FIXTURES.items():
+            if fixture in used:
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
-async def pg_url() -> AsyncIterator[str]:
+def pg_admin_url() -> str:
+    """The libpq DSN of the PostgreSQL server the tests make their databases on
+    (TEST_POSTGRES_URL). Ask for it to reach that server: it marks the test ``postgres``."""
+    return ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The shared Redis (TEST_REDIS_URL). Ask for it to reach that server: it marks the
+    test ``redis``."""
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh PostgreSQL database for this test run, migrated, dropped afterwards."""
-    async with fresh_database("svc_test") as dsn:
+    async with fresh_database("svc_test", pg_admin_url) as dsn:
         url = service_url(dsn)
         async with ConnectionPool(url) as pool:
             await upgrade(pool)

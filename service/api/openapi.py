@@ -3,7 +3,7 @@
 Written out by hand rather than generated: the contract is small, and a test checks
 that every route of the app is described here and nothing else. Every status an
 operation can answer is listed, with its media type, so schemathesis can hold the
-service to it (tests/test_schemathesis.py): errors are ``application/problem+json``,
+service to it (tests/service/test_schemathesis.py): errors are ``application/problem+json``,
 503s carry ``Retry-After``, and every GET also answers HEAD, with the same headers.
 """
 

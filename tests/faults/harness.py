@@ -43,9 +43,10 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
-from tests._pgcluster import PrivateCluster, private_postgres
-from tests._redis import PrivateRedis, private_redis
-from tests._server import free_port, service_environ, stop_process, wait_healthy
+from tests.helpers import free_port
+from tests.support.private_postgres import PrivateCluster, private_postgres
+from tests.support.private_redis import PrivateRedis, private_redis
+from tests.support.server import service_environ, stop_process, wait_healthy
 
 STARTUP_TIMEOUT = 30.0
 """Seconds a replica gets to answer ``/healthz`` (two cores, migrations on first start)."""

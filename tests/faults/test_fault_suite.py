@@ -34,7 +34,7 @@ from tests.faults.harness import (
     fresh_ids,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 Show = Callable[[Summary], None]
 TOKEN = "fault-suite-admin-token"

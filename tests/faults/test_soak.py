@@ -40,7 +40,6 @@ import httpx
 import pytest
 
 from service.server import LINGER
-from tests._server import rss_bytes
 from tests.faults.harness import (
     FaultBed,
     Ledger,
@@ -50,8 +49,9 @@ from tests.faults.harness import (
     fresh_ids,
     open_connections,
 )
+from tests.support.server import rss_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 MiB = 1024 * 1024
 HEADER_TIMEOUT = 1.0

@@ -1,0 +1,1 @@
+"""Tests of service.core: content-coding negotiation and the compression middleware."""

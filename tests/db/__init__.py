@@ -1,0 +1,1 @@
+"""Tests of service.db: pool, store, migrations, query plans, optimizer report, maintenance."""

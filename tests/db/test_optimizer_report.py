@@ -1,0 +1,651 @@
+"""QueryOptimizer.report() on real databases: each check speaks up on the condition it
+names, stays quiet otherwise, and recommends a statement that does what it says.
+
+Every PostgreSQL test gets a database of its own (the ``db`` fixture, dropped with
+FORCE afterwards), so the statistics a check reads come only from what the test did.
+PostgreSQL 15 flushes a session's table statistics at most once a second, so every
+session that changes or reads data calls ``pg_stat_force_next_flush()`` before it goes
+idle (the flush then happens before the server says it is ready, so it is done when the
+call returns), and checks that read statistics are polled for at most five seconds
+rather than waited for blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.db.diagnostics import TX_WRAPAROUND_LIMIT, Thresholds
+from service.db.migrations import upgrade
+from service.db.optimization import QueryOptimizer
+from service.db.pool import ConnectionPool
+from service.db.report import Finding, Report
+from tests.helpers import Database, scratch_database
+from tests.support.private_postgres import private_postgres
+
+POLL_SECONDS = 5.0
+"""How long a statistic may take to show up in a report."""
+
+NO_STATEMENTS = "pg_stat_statements"
+
+# Helpers.
+
+
+@asynccontextmanager
+async def session(db: Database) -> AsyncIterator[Any]:
+    """An asyncpg connection to ``db`` whose statistics are flushed before it closes."""
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        yield conn
+        await flush_stats(conn)
+    finally:
+        await conn.close()
+
+
+async def flush_stats(conn: Any) -> None:
+    """Make the server publish this session's pending statistics now."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+async def run_sql(db: Database, *statements: str) -> None:
+    """Run each statement (autocommit) in one session, flushing statistics after each.
+
+    Flushing after each keeps counts in order: an insert counted after a later VACUUM
+    or ANALYZE would otherwise add its rows again to numbers those have reset.
+    """
+    async with session(db) as conn:
+        for statement in statements:
+            await conn.execute(statement)
+            await flush_stats(conn)
+
+
+@asynccontextmanager
+async def optimizer(db: Database, thresholds: Thresholds | None = None) -> AsyncIterator[Any]:
+    """A QueryOptimizer on ``db`` with a one-connection pool (10 s statement timeout)."""
+    async with ConnectionPool(db.url, pool_size=1, max_overflow=0, statement_timeout=10) as pool:
+        yield QueryOptimizer(pool, thresholds=thresholds)
+
+
+async def make_report(db: Database, thresholds: Thresholds | None = None) -> Report:
+    """One report on ``db``."""
+    async with optimizer(db, thresholds) as opt:
+        report: Report = await opt.report()
+        return report
+
+
+async def report_until(
+    db: Database,
+    condition: Callable[[Report], bool],
+    what: str,
+    thresholds: Thresholds | None = None,
+) -> Report:
+    """The first report (taken every 0.1 s, for up to POLL_SECONDS) where ``condition``
+    holds; AssertionError naming ``what`` with the last report if none does."""
+    async with optimizer(db, thresholds) as opt:
+        deadline = asyncio.get_running_loop().time() + POLL_SECONDS
+        while True:
+            report: Report = await opt.report()
+            if condition(report):
+                return report
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not within {POLL_SECONDS} s: {what}\n{report.as_text()}")
+            await asyncio.sleep(0.1)
+
+
+def subjects(report: Report, check: str) -> list[str]:
+    """The subjects of ``check``'s findings, in report order."""
+    return [finding.subject for finding in report.check(check).findings]
+
+
+def finding(report: Report, check: str, subject: str) -> Finding:
+    """``check``'s finding about ``subject``; AssertionError (with the report) if none."""
+    for found in report.check(check).findings:
+        if found.subject == subject:
+            return found
+    raise AssertionError(f"{check} has no finding on {subject}\n{report.as_text()}")
+
+
+def reports(check: str, subject: str) -> Callable[[Report], bool]:
+    """A condition: ``check`` has a finding on ``subject``."""
+    return lambda report: subject in subjects(report, check)
+
+
+def quiet_on(check: str, subject: str) -> Callable[[Report], bool]:
+    """A condition: ``check`` has no finding on ``subject``."""
+    return lambda report: subject not in subjects(report, check)
+
+
+def assert_json_ready(report: Report) -> None:
+    """``as_dict()`` survives json.dumps and comes back equal."""
+    body = report.as_dict()
+    assert json.loads(json.dumps(body)) == body
+
+
+async def index_names(conn: Any, table: str) -> set[str]:
+    """The names of the indexes on ``table`` (an unquoted name in schema public)."""
+    found = await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1", table
+    )
+    return {row["indexname"] for row in found}
+
+
+@asynccontextmanager
+async def background(conn: Any, query: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """``query`` running on ``conn`` as a task; on exit, cancelled if still running."""
+    task = asyncio.create_task(conn.fetch(query))
+    try:
+        yield task
+    finally:
+        task.cancel()  # asyncpg then asks the server to cancel the query
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 10)
+
+
+async def backend_state(db: Database, pid: int) -> str | None:
+    """The state and wait event of backend ``pid``, as pg_stat_activity shows it."""
+    async with session(db) as conn:
+        row = await conn.fetchrow(
+            "SELECT state, wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+        )
+    return None if row is None else f"{row['state']}/{row['wait_event_type']}"
+
+
+async def wait_for_state(db: Database, pid: int, wanted: str) -> None:
+    """Poll until backend ``pid`` is in ``wanted`` (``state/wait_event_type``)."""
+    deadline = asyncio.get_running_loop().time() + POLL_SECONDS
+    while (state := await backend_state(db, pid)) != wanted:
+        assert asyncio.get_running_loop().time() < deadline, f"pid {pid} is {state}"
+        await asyncio.sleep(0.05)
+
+
+# Tests.
+
+
+@pytest.mark.tools  # hypopg
+async def test_healthy_database_has_no_findings(db: Database) -> None:
+    """A small, analyzed and vacuumed table with a primary key gives no finding in any
+    check that ran; the checks that need pg_stat_statements (and hypopg) say so instead
+    of reporting nothing; the report is JSON-ready and its text names every check."""
+    await run_sql(
+        db,
+        "CREATE TABLE items (id integer PRIMARY KEY, name text NOT NULL)",
+        "INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 20) AS i",
+        "VACUUM (ANALYZE) items",
+    )
+
+    def settled(report: Report) -> bool:
+        tables = {row["table"]: row for row in report.overview["tables"]}
+        row = tables.get("public.items")
+        return row is not None and row["live"] == 20 and row["last_analyze"] is not None
+
+    report = await report_until(db, settled, "statistics of public.items")
+
+    assert report.dialect == "postgresql"
+    assert report.database == db.name
+    assert report.server_version.startswith("15")
+    ran = [check for check in report.checks if check.ran]
+    assert len(ran) == len(report.checks) - 2
+    for check in ran:
+        assert check.findings == (), f"{check.name}: {check.findings}"
+    assert report.findings == []
+    slow, suggested = report.check("slow_queries"), report.check("suggested_indexes")
+    assert not slow.ran
+    assert slow.note is not None
+    assert NO_STATEMENTS in slow.note
+    assert "shared_preload_libraries" in slow.note
+    # Without hypopg the advisor says that first.
+    assert not suggested.ran
+    assert suggested.note is not None
+    assert "hypopg" in suggested.note
+
+    assert_json_ready(report)
+    text = report.as_text()
+    for check in report.checks:
+        assert check.title in text
+    assert "not run" in text
+
+    # With hypopg present, what the advisor still lacks is pg_stat_statements.
+    await run_sql(db, "CREATE EXTENSION hypopg")
+    report = await make_report(db)
+    suggested = report.check("suggested_indexes")
+    assert not suggested.ran
+    assert suggested.note is not None
+    assert NO_STATEMENTS in suggested.note
+    assert "hypopg" not in suggested.note
+    assert report.overview["hypopg"] is True
+    assert report.findings == []
+
+    # Created but not preloaded (this server's case): the view raises, and both say so.
+    await run_sql(db, "CREATE EXTENSION pg_stat_statements")
+    report = await make_report(db)
+    for name in ("slow_queries", "suggested_indexes"):
+        check = report.check(name)
+        assert not check.ran, name
+        assert check.note is not None
+        assert check.note.startswith("pg_stat_statements cannot be read"), check.note
+    assert report.findings == []
+    assert_json_ready(report)
+
+
+async def test_unused_index_reported_until_it_is_scanned(db: Database) -> None:
+    """A non-unique index that was never scanned is reported with the DROP to run; a
+    unique one (it enforces a rule) and the primary key are not; once the index has
+    served more than 50 scans it is no longer reported."""
+    await run_sql(
+        db,
+        "CREATE TABLE t (id integer PRIMARY KEY, a integer NOT NULL, b integer NOT NULL)"
+        " WITH (autovacuum_enabled = false)",
+        "INSERT INTO t SELECT i, i % 100, i FROM generate_series(1, 1000) AS i",
+        "CREATE INDEX t_a_idx ON t (a)",
+        "CREATE UNIQUE INDEX t_b_key ON t (b)",
+        "VACUUM (ANALYZE) t",
+    )
+    report = await make_report(db)
+    unused = finding(report, "unused_indexes", "public.t_a_idx")
+    assert unused.ddl == "DROP INDEX CONCURRENTLY public.t_a_idx;"
+    assert unused.data["scans"] == 0
+    assert "public.t" in unused.detail
+    assert subjects(report, "unused_indexes") == ["public.t_a_idx"]
+    assert_json_ready(report)
+
+    async with session(db) as conn:
+        await conn.execute("SET enable_seqscan = off")
+        lookup = await conn.prepare("SELECT * FROM t WHERE a = $1")
+        for value in range(60):
+            assert len(await lookup.fetch(value % 100)) == 10
+    report = await report_until(
+        db, quiet_on("unused_indexes", "public.t_a_idx"), "t_a_idx no longer unused"
+    )
+    assert report.check("unused_indexes").findings == ()
+
+
+async def test_duplicate_indexes(db: Database) -> None:
+    """An index whose columns start another btree index's (same method and predicate)
+    is reported as covered by it; a partial or hash index on the same column is not;
+    of two identical indexes exactly one is reported, covered by the other."""
+    await run_sql(
+        db,
+        "CREATE TABLE t1 (a integer, b integer)",
+        "CREATE INDEX a_idx ON t1 (a)",
+        "CREATE INDEX ab_idx ON t1 (a, b)",
+        "CREATE TABLE t2 (a integer, b integer)",
+        "CREATE INDEX t2_ab_idx ON t2 (a, b)",
+        "CREATE INDEX t2_a_positive_idx ON t2 (a) WHERE a > 0",
+        "CREATE INDEX t2_a_hash_idx ON t2 USING hash (a)",
+        "CREATE TABLE t3 (a integer)",
+        "CREATE INDEX t3_first_idx ON t3 (a)",
+        "CREATE INDEX t3_second_idx ON t3 (a)",
+    )
+    report = await make_report(db)
+    found = subjects(report, "duplicate_indexes")
+
+    covered = finding(report, "duplicate_indexes", "public.a_idx")
+    assert covered.data["covered_by"] == "public.ab_idx"
+    assert covered.ddl == "DROP INDEX CONCURRENTLY public.a_idx;"
+    assert "public.ab_idx" not in found
+
+    assert not [name for name in found if name.startswith("public.t2_")], found
+
+    identical = {"public.t3_first_idx", "public.t3_second_idx"}
+    twins = [name for name in found if name in identical]
+    assert len(twins) == 1, found
+    (other,) = identical - set(twins)
+    assert finding(report, "duplicate_indexes", twins[0]).data["covered_by"] == other
+
+    assert len(found) == 2, found
+    assert_json_ready(report)
+
+
+async def test_invalid_index_from_failed_concurrent_build(db: Database) -> None:
+    """A CREATE UNIQUE INDEX CONCURRENTLY that fails on duplicates leaves an invalid index:
+    reported as critical with the DROP to run, and not judged by the other index checks;
+    running that DROP removes it and the finding."""
+    await run_sql(
+        db,
+        "CREATE TABLE t (a integer)",
+        "INSERT INTO t SELECT i % 10 FROM generate_series(1, 100) AS i",
+    )
+    async with session(db) as conn:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("CREATE UNIQUE INDEX CONCURRENTLY t_a_key ON t (a)")
+        assert await index_names(conn, "t") == {"t_a_key"}
+
+    report = await make_report(db)
+    invalid = finding(report, "invalid_indexes", "public.t_a_key")
+    assert invalid.severity == "critical"
+    assert invalid.ddl == "DROP INDEX CONCURRENTLY public.t_a_key;"
+    assert subjects(report, "invalid_indexes") == ["public.t_a_key"]
+    assert "public.t_a_key" not in subjects(report, "unused_indexes")
+    assert "public.t_a_key" not in subjects(report, "duplicate_indexes")
+    assert_json_ready(report)
+
+    async with session(db) as conn:
+        await conn.execute(invalid.ddl)
+        assert await index_names(conn, "t") == set()
+    assert (await make_report(db)).check("invalid_indexes").findings == ()
+
+
+async def test_missing_index_on_big_table_scanned_sequentially(db: Database) -> None:
+    """A table of 10,000 rows with no index, read 60 times by sequential scans, is
+    reported as needing one; a small table read the same way is not."""
+    await run_sql(
+        db,
+        "CREATE TABLE big (a integer, b integer) WITH (autovacuum_enabled = false)",
+        "INSERT INTO big SELECT i % 1000, i FROM generate_series(1, 10000) AS i",
+        "CREATE TABLE small (a integer, b integer) WITH (autovacuum_enabled = false)",
+        "INSERT INTO small SELECT i % 10, i FROM generate_series(1, 100) AS i",
+    )
+    async with session(db) as conn:
+        for _ in range(60):
+            assert await conn.fetchval("SELECT count(*) FROM big WHERE a = 5") == 10
+            assert await conn.fetchval("SELECT count(*) FROM small WHERE a = 5") == 10
+
+    report = await report_until(db, reports("missing_indexes", "public.big"), "public.big")
+    missing = finding(report, "missing_indexes", "public.big")
+    assert missing.data["seq_scan"] >= 60
+    assert missing.data["idx_scan"] == 0
+    assert missing.data["rows"] == 10_000
+    assert missing.data["index_share"] == 0.0
+    assert subjects(report, "missing_indexes") == ["public.big"]
+    assert_json_ready(report)
+
+
+async def test_dead_rows_and_never_analyzed_tables(db: Database) -> None:
+    """A table with 60% of its 20,000 rows deleted (autovacuum off) is reported with the
+    VACUUM to run, and running it clears the finding; a table never analyzed is reported
+    with the ANALYZE to run, and running that clears it too."""
+    await run_sql(
+        db,
+        "CREATE TABLE dead (id integer, pad text) WITH (autovacuum_enabled = false)",
+        "INSERT INTO dead SELECT i, repeat('x', 20) FROM generate_series(1, 20000) AS i",
+        "DELETE FROM dead WHERE id % 5 < 3",
+        "CREATE TABLE fresh (id integer) WITH (autovacuum_enabled = false)",
+        "INSERT INTO fresh SELECT generate_series(1, 100)",
+    )
+
+    def both(report: Report) -> bool:
+        found = subjects(report, "vacuum_analyze")
+        return "public.dead" in found and "public.fresh" in found
+
+    report = await report_until(db, both, "public.dead and public.fresh")
+    vacuum = finding(report, "vacuum_analyze", "public.dead")
+    assert vacuum.ddl == "VACUUM (ANALYZE) public.dead;"
+    assert vacuum.data["dead"] == 12_000
+    assert vacuum.data["live"] == 8_000
+    analyze = finding(report, "vacuum_analyze", "public.fresh")
+    assert analyze.ddl == "ANALYZE public.fresh;"
+    assert "never" in analyze.detail
+    assert len(report.check("vacuum_analyze").findings) == 2
+    assert_json_ready(report)
+
+    assert vacuum.ddl is not None
+    assert analyze.ddl is not None
+    await run_sql(db, vacuum.ddl, analyze.ddl)
+    report = await report_until(
+        db, lambda r: not r.check("vacuum_analyze").findings, "no vacuum_analyze finding"
+    )
+    tables = {row["table"]: row for row in report.overview["tables"]}
+    assert tables["public.dead"]["dead"] == 0
+    assert tables["public.dead"]["last_vacuum"] is not None
+    assert tables["public.fresh"]["last_analyze"] is not None
+
+
+async def test_sequence_near_int4_limit(db: Database) -> None:
+    """A serial (int4) column whose sequence is at 2,000,000,000 is reported against the
+    int4 limit with the ALTER to widen it; a bigserial at the same value is not; after
+    running that ALTER the column takes values past the int4 limit and the report is
+    quiet."""
+    await run_sql(
+        db,
+        "CREATE TABLE s (id serial PRIMARY KEY)",
+        "SELECT setval('s_id_seq', 2000000000)",
+        "CREATE TABLE b (id bigserial PRIMARY KEY)",
+        "SELECT setval('b_id_seq', 2000000000)",
+    )
+    report = await make_report(db)
+    seq = finding(report, "sequences", "public.s_id_seq")
+    assert "2147483647" in seq.detail
+    assert seq.data["max_value"] == 2_147_483_647
+    assert seq.data["column_type"] == "integer"
+    # Widening the column alone leaves the serial's sequence AS integer, still stopping
+    # at 2147483647: the sequence must widen too.
+    assert seq.ddl == (
+        "ALTER TABLE public.s ALTER COLUMN id TYPE bigint;"
+        " ALTER SEQUENCE public.s_id_seq AS bigint;"
+    )
+    assert seq.severity == "warning"
+    assert subjects(report, "sequences") == ["public.s_id_seq"]
+    assert_json_ready(report)
+
+    assert seq.ddl is not None
+    await run_sql(db, seq.ddl)
+    async with session(db) as conn:
+        await conn.execute("SELECT setval('s_id_seq', 2147483647)")
+        assert await conn.fetchval("INSERT INTO s DEFAULT VALUES RETURNING id") == 2_147_483_648
+    assert (await make_report(db)).check("sequences").findings == ()
+
+
+async def test_thresholds_make_quiet_checks_speak(db: Database) -> None:
+    """Transaction-ID wraparound, connections and cache hit ratio are quiet on a fresh
+    database at the default thresholds, and each fires when its threshold is moved past
+    what the database shows. The cache check copes with a kind of block that saw no
+    access at all (this database has no index)."""
+    await run_sql(
+        db,
+        "CREATE TABLE t (a integer)",
+        "INSERT INTO t SELECT generate_series(1, 1000)",
+        "VACUUM (ANALYZE) t",
+        "SELECT count(*) FROM t",
+    )
+    report = await report_until(
+        db,
+        lambda r: bool(r.overview["heap_cache_hit_ratio"]),
+        "heap block statistics of public.t",
+    )
+    for name in ("transaction_id_wraparound", "connections", "cache_hit_ratio"):
+        assert report.check(name).findings == (), name
+
+    report = await make_report(db, Thresholds(autovacuum_ids_left=10**10))
+    due = finding(report, "transaction_id_wraparound", "public.t")
+    assert due.ddl == "VACUUM (FREEZE, ANALYZE) public.t;"
+    assert due.severity == "warning"
+    assert len(report.check("transaction_id_wraparound").findings) > 1  # catalogs are due too
+    assert_json_ready(report)
+
+    report = await make_report(db, Thresholds(tx_ids_left=TX_WRAPAROUND_LIMIT))
+    danger = finding(report, "transaction_id_wraparound", "public.t")
+    assert danger.severity == "critical"
+    assert danger.data["left"] == TX_WRAPAROUND_LIMIT - danger.data["age"]
+
+    report = await make_report(db, Thresholds(total_connections=0))
+    crowded = finding(report, "connections", "connections")
+    assert crowded.data["total"] >= 1
+
+    report = await make_report(db, Thresholds(cache_min_blocks=0, cache_hit_ratio=1.01))
+    assert subjects(report, "cache_hit_ratio") == ["heap blocks"]
+    cache = finding(report, "cache_hit_ratio", "heap blocks")
+    assert 0 < cache.data["ratio"] <= 1
+    assert cache.data["hit"] > 0
+    assert_json_ready(report)
+
+
+async def test_long_running_query_is_named_by_pid(db: Database) -> None:
+    """A query running longer than long_running_seconds is reported by its pid (not at
+    the default of 60 s), and the statement the finding gives cancels it."""
+    async with session(db) as sleeper:
+        pid = sleeper.get_server_pid()
+        async with background(sleeper, "SELECT pg_sleep(10)") as task:
+            await wait_for_state(db, pid, "active/Timeout")
+            assert f"pid {pid}" not in subjects(await make_report(db), "long_running_queries")
+
+            report = await report_until(
+                db,
+                reports("long_running_queries", f"pid {pid}"),
+                f"pid {pid} as long-running",
+                Thresholds(long_running_seconds=0.5),
+            )
+            long = finding(report, "long_running_queries", f"pid {pid}")
+            assert "pg_sleep(10)" in long.data["query"]
+            assert long.data["seconds"] >= 0.5
+            assert long.ddl == f"SELECT pg_cancel_backend({pid});"
+            assert subjects(report, "long_running_queries") == [f"pid {pid}"]
+            assert_json_ready(report)
+
+            async with session(db) as conn:
+                assert await conn.fetchval(long.ddl.rstrip(";")) is True
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await asyncio.wait_for(task, POLL_SECONDS)
+
+
+async def test_blocked_query_is_named_by_pid(db: Database) -> None:
+    """A query waiting on another session's lock is reported by its pid, as critical,
+    with the blocking pid. The report does not hang on that lock itself: the check that
+    must deparse the table's indexes (which needs a lock on the table) says it was
+    skipped. Once the blocker rolls back, the blocked query finishes, and the next report
+    runs every check and is quiet."""
+    await run_sql(
+        db,
+        "CREATE TABLE t (id integer PRIMARY KEY, a integer)",
+        "INSERT INTO t SELECT i, i FROM generate_series(1, 10) AS i",
+        "VACUUM (ANALYZE) t",
+    )
+    async with session(db) as holder, session(db) as waiter:
+        blocker = holder.transaction()
+        await blocker.start()
+        try:
+            await holder.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            pid = waiter.get_server_pid()
+            async with background(waiter, "SELECT * FROM t") as task:
+                await wait_for_state(db, pid, "active/Lock")
+                report = await report_until(
+                    db, reports("blocked_queries", f"pid {pid}"), f"pid {pid} as blocked"
+                )
+                blocked = finding(report, "blocked_queries", f"pid {pid}")
+                assert blocked.severity == "critical"
+                assert blocked.data["blocked_by"] == [holder.get_server_pid()]
+                assert "LOCK TABLE t" in blocked.data["blocking_query"]
+                assert "SELECT * FROM t" in blocked.data["query"]
+                assert subjects(report, "blocked_queries") == [f"pid {pid}"]
+                skipped = report.check("duplicate_indexes")
+                assert not skipped.ran
+                assert skipped.note is not None
+                assert "not granted" in skipped.note
+                assert_json_ready(report)
+
+                await blocker.rollback()
+                assert len(await asyncio.wait_for(task, POLL_SECONDS)) == 10
+        finally:
+            if holder.is_in_transaction():
+                await blocker.rollback()
+    report = await make_report(db)
+    assert [check.name for check in report.checks if not check.ran] == [
+        "slow_queries",
+        "suggested_indexes",
+    ]
+    assert report.findings == []
+
+
+async def test_identifiers_are_quoted_in_ddl(db: Database) -> None:
+    """An unused index named ``i"x`` on a table named ``we"ird`` gets DDL with the name
+    quoted as SQL needs it; running that DDL drops that index and nothing else."""
+    await run_sql(
+        db,
+        'CREATE TABLE "we""ird" (id integer PRIMARY KEY, v integer, w integer)',
+        'INSERT INTO "we""ird" SELECT i, i, i FROM generate_series(1, 100) AS i',
+        'CREATE INDEX "i""x" ON "we""ird" (v)',
+        'CREATE INDEX ix ON "we""ird" (w)',
+    )
+    report = await make_report(db)
+    unused = finding(report, "unused_indexes", 'public."i""x"')
+    assert unused.ddl == 'DROP INDEX CONCURRENTLY public."i""x";'
+    assert 'public."we""ird"' in unused.detail
+    assert sorted(subjects(report, "unused_indexes")) == ['public."i""x"', "public.ix"]
+    assert_json_ready(report)
+
+    async with session(db) as conn:
+        assert await index_names(conn, 'we"ird') == {'we"ird_pkey', 'i"x', "ix"}
+        await conn.execute(unused.ddl)
+        assert await index_names(conn, 'we"ird') == {'we"ird_pkey', "ix"}
+        assert await conn.fetchval('SELECT count(*) FROM "we""ird"') == 100
+    assert subjects(await make_report(db), "unused_indexes") == ["public.ix"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_slow_queries_and_suggested_indexes() -> None:
+    """With pg_stat_statements preloaded and hypopg installed (a private cluster), a
+    repeated sequential-scan query is listed as slow and gets the index that halves its
+    plan's cost, as the exact CREATE INDEX to run; a query on the primary key, slow by
+    the same lowered threshold, gets no suggestion."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    async with (
+        asyncio.timeout(55),
+        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
+        scratch_database("svc_rep", cluster.dsn) as db,
+    ):
+        await run_sql(
+            db,
+            "CREATE EXTENSION pg_stat_statements",
+            "CREATE EXTENSION hypopg",
+            "CREATE TABLE t (id serial PRIMARY KEY, a integer, b integer)",
+            "INSERT INTO t (a, b) SELECT i % 100, i % 10000 FROM generate_series(1, 200000) AS i",
+            "ANALYZE t",
+        )
+        async with session(db) as conn:
+            by_b = await conn.prepare("SELECT * FROM t WHERE b = $1")
+            by_id = await conn.prepare("SELECT * FROM t WHERE id = $1")
+            for value in range(120):
+                assert len(await by_b.fetch(value)) == 20
+                assert len(await by_id.fetch(value + 1)) == 1
+
+        report = await make_report(db, limits)
+        assert report.overview["pg_stat_statements"] is True
+        assert report.overview["hypopg"] is True
+        slow = report.check("slow_queries")
+        assert slow.ran
+        queries = {f.data["query"]: f for f in slow.findings}
+        assert set(queries) == {"SELECT * FROM t WHERE b = $1", "SELECT * FROM t WHERE id = $1"}
+        scan = queries["SELECT * FROM t WHERE b = $1"]
+        lookup = queries["SELECT * FROM t WHERE id = $1"]
+        assert scan.data["calls"] == 120
+
+        suggested = report.check("suggested_indexes")
+        assert suggested.ran, suggested.note
+        index = finding(report, "suggested_indexes", scan.subject)
+        assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.t (b);"
+        assert index.data["table"] == "public.t"
+        assert index.data["columns"] == ["b"]
+        assert index.data["cost_after"] < index.data["cost_before"] / 2
+        assert lookup.subject not in subjects(report, "suggested_indexes")
+        assert subjects(report, "suggested_indexes") == [scan.subject]
+        assert_json_ready(report)
+
+        # Nothing was built: hypothetical indexes exist only in the advisor's session.
+        async with session(db) as conn:
+            assert await index_names(conn, "t") == {"t_pkey"}
+
+
+async def test_sqlite_report(sqlite_url: str) -> None:
+    """On SQLite the report has its one check, which ran, and a note saying what
+    SQLite cannot tell (usage statistics) so nothing looks falsely healthy."""
+    async with ConnectionPool(sqlite_url) as pool:
+        await upgrade(pool)
+        report = await QueryOptimizer(pool).report()
+    assert report.dialect == "sqlite"
+    assert report.stats_reset_at is None
+    assert len(report.checks) == 1
+    (check,) = report.checks
+    assert check.ran
+    assert check.note is not None
+    assert "PostgreSQL only" in check.note
+    assert "slow queries" in check.note
+    assert check.title in report.as_text()
+    assert_json_ready(report)

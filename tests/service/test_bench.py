@@ -1,0 +1,114 @@
+"""The benchmark works end to end (smoke mode): it measures, it does not judge speed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import scenarios
+from bench.report import NOT_BUILT
+from bench.wrk import parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:1/results/x
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    10.00ms    2.00ms  30.00ms   90.00%
+  Latency Distribution
+     50%  812.00us
+     75%   10.00ms
+     90%   20.00ms
+     99%    1.50s
+  1000 requests in 1.00s, 1.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 10
+Requests/sec:   1000.50
+Transfer/sec:      1.00MB
+STATUS 200 990
+STATUS 503 10
+"""
+
+
+def test_wrk_output_is_parsed() -> None:
+    result = parse(WRK_OUTPUT)
+    assert result.requests_per_second == 1000.5
+    assert result.p50_ms == pytest.approx(0.812)
+    assert result.p99_ms == pytest.approx(1500.0)
+    assert result.statuses == {200: 990, 503: 10}
+    assert result.unexpected == {503: 10}
+    assert result.socket_errors == 5
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.tools
+def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
+    output = tmp_path / "bench.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = output.read_text()
+    assert report.strip() == completed.stdout.strip()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()}
+    keys = set(scenarios())
+    for scenario in scenarios().values():
+        row = rows[
+            scenario.title
+            if scenario.key != "saturation"
+            else "GET, cache disabled, 128 connections"
+        ]
+        if scenario.built:
+            rate = row.split(" | ")[1].replace(",", "")
+            assert float(rate) > 0, row
+            status = 304 if scenario.key == "hot_304" else 200
+            assert re.search(rf"{status}: [\d,]+", row), row
+            if scenario.reference is not None and scenarios()[scenario.reference].built:
+                assert f" of {scenario.reference} |" in row, row
+        else:
+            assert f"| {NOT_BUILT} |" in row, row
+    for reference in ("asgi", "bare", "raw", "raw_list", "raw_put", "hot_identity"):
+        assert reference in keys, reference
+    assert "inline" not in report
+    goals = [line for line in report.splitlines() if line.startswith("| L1 hit, identity")]
+    assert len(goals) == 3, goals
+    assert "≥ 2x cashews" in goals[2]
+    if not scenarios()["cashews"].built:
+        assert f"| {NOT_BUILT}: cashews is not installed" in goals[2], goals[2]
+    assert "p99 ≤ 2x" in report
+    assert "at the configured levels (zstd " in report
+    assert "→ 1 database query" in report
+    assert "0 responses other than 200 and 503" in report
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.tools
+def test_listing_bench_applies_the_recommendation_and_measures_both_sides() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.listing", "--runs", "1", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "the report recommended `VACUUM (ANALYZE) public.results;`" in completed.stdout
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| first page")]
+    before, after = (float(cell.split()[0].replace(",", "")) for cell in rows[0].split(" | ")[1:3])
+    assert before > 0
+    assert after > 0
