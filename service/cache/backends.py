@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 
 from service import defaults
+from service.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class MemoryBackend:
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         if max_bytes < 0:
-            raise ValueError("max_bytes must be >= 0")
+            raise InvalidArgument("max_bytes must be >= 0")
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
@@ -261,7 +262,7 @@ class RedisBackend:
         channel, message = notify or ("", "")
         version = leading_version(value)
         if version is None:
-            raise ValueError("a versioned value starts with its version and a space")
+            raise InvalidArgument("a versioned value starts with its version and a space")
         written = await self._set_if_newer(
             keys=[key], args=[version, value, _milliseconds(ttl) or 0, channel, message]
         )

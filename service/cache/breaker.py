@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from service.errors import InvalidArgument
+
 
 class BreakerState(StrEnum):
     """Where the breaker stands; the value is what metrics and /admin report."""
@@ -30,7 +32,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if failure_threshold < 1 or cooldown <= 0:
-            raise ValueError("failure_threshold must be >= 1 and cooldown > 0")
+            raise InvalidArgument("failure_threshold must be >= 1 and cooldown > 0")
         self._threshold = failure_threshold
         self._cooldown = cooldown
         self._clock = clock

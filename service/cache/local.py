@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from service.errors import InvalidArgument
+
 V = TypeVar("V")
 
 ENTRY_OVERHEAD = 200
@@ -38,7 +40,7 @@ class LocalCache(Generic[V]):
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         if max_bytes < 0:
-            raise ValueError("max_bytes must be >= 0")
+            raise InvalidArgument("max_bytes must be >= 0")
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()

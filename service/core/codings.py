@@ -19,6 +19,8 @@ from typing import Final, Protocol
 import brotli
 import zstandard
 
+from service.errors import InvalidArgument
+
 ZSTD: Final = "zstd"
 BR: Final = "br"
 GZIP: Final = "gzip"
@@ -51,12 +53,12 @@ def encoded_etag(etag: str, coding: str) -> str:
 
 
 def check_level(coding: str, level: int) -> int:
-    """``level`` if ``coding`` accepts it; ValueError naming the valid range otherwise."""
+    """``level`` if ``coding`` accepts it; InvalidArgument naming the valid range otherwise."""
     allowed = LEVELS.get(coding)
     if allowed is None:
-        raise ValueError(f"unknown content coding {coding!r}; expected one of {CODINGS}")
+        raise InvalidArgument(f"unknown content coding {coding!r}; expected one of {CODINGS}")
     if level not in allowed:
-        raise ValueError(
+        raise InvalidArgument(
             f"{coding} level must be from {allowed.start} to {allowed.stop - 1}, got {level}"
         )
     return level

@@ -69,6 +69,7 @@ from service.core.codings import (
 )
 from service.core.negotiation import IDENTITY, choose_coding
 from service.core.validators import weak_match
+from service.errors import InvalidArgument
 
 DEFAULT_CONTENT_TYPES: Final = (
     "text/*",
@@ -130,7 +131,8 @@ class CompressionMiddleware:
     """Compress responses for any ASGI app; see the module docstring for the rules.
 
     ``encodings`` is the server's order of preference; ``levels`` overrides the default
-    level of any of them (zstd 3, br 4, gzip 6). Invalid arguments raise ValueError.
+    level of any of them (zstd 3, br 4, gzip 6). Invalid arguments raise
+    :class:`~service.errors.InvalidArgument` (a ValueError).
     """
 
     def __init__(
@@ -148,12 +150,12 @@ class CompressionMiddleware:
         self.encodings = tuple(encodings)
         unknown = [coding for coding in self.encodings if coding not in CODINGS]
         if unknown or len(set(self.encodings)) != len(self.encodings):
-            raise ValueError(f"encodings: distinct codings of {CODINGS}, got {self.encodings}")
+            raise InvalidArgument(f"encodings: distinct codings of {CODINGS}, got {self.encodings}")
         self.levels = {**DEFAULT_LEVELS, **(levels or {})}
         for coding, level in self.levels.items():
             check_level(coding, level)
         if minimum_size < 0 or thread_minimum_size < 0:
-            raise ValueError("minimum_size and thread_minimum_size must not be negative")
+            raise InvalidArgument("minimum_size and thread_minimum_size must not be negative")
         self.minimum_size = minimum_size
         self.thread_minimum_size = thread_minimum_size
         self.compressible: Callable[[bytes | None], bool] = _content_type_matcher(content_types)
@@ -470,7 +472,9 @@ def _content_type_matcher(patterns: Iterable[str]) -> Callable[[bytes | None], b
         elif "/" in pattern and "*" not in pattern:
             exact.add(pattern)
         else:
-            raise ValueError(f"content type pattern {pattern!r}: use type/sub, type/* or */*+sfx")
+            raise InvalidArgument(
+                f"content type pattern {pattern!r}: use type/sub, type/* or */*+sfx"
+            )
     prefix_tuple, suffix_tuple = tuple(prefixes), tuple(suffixes)
 
     @functools.lru_cache(maxsize=256)

@@ -41,6 +41,7 @@ from service.db.diagnostics import Thresholds
 from service.db.pool import ConnectionPool, sqlstate
 from service.db.report import Check, Finding, Report, pretty_bytes
 from service.errors import (
+    InvalidArgument,
     InvalidOperation,
     MaintenanceRunning,
     OptimizerError,
@@ -121,7 +122,7 @@ class QueryOptimizer:
         thresholds: Thresholds | None = None,
     ) -> None:
         if lock_timeout <= 0 or statement_timeout <= 0:
-            raise ValueError("lock_timeout and statement_timeout must be positive")
+            raise InvalidArgument("lock_timeout and statement_timeout must be positive")
         self.pool = pool
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
