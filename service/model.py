@@ -110,8 +110,8 @@ class ResultMeta:
         return {
             "analysis_id": self.analysis_id,
             "version": self.version,
-            "created_at": _rfc3339(self.created_at),
-            "updated_at": _rfc3339(self.updated_at),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
         }
 
 
@@ -165,7 +165,8 @@ class Page:
     """Pass as ``after`` to get the next page; None on the last page."""
 
 
-def _rfc3339(moment: datetime) -> str:
+def rfc3339(moment: datetime) -> str:
+    """``moment`` in UTC as RFC 3339, always with microseconds: ``2026-11-29T05:25:39.637563Z``."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

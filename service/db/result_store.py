@@ -32,7 +32,6 @@ from sqlalchemy import (
     func,
     null,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,7 +39,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable, TextClause
+from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
 
 from service.db._engine import await_
 from service.db.pool import ConnectionPool, sqlstate
@@ -62,6 +61,7 @@ from service.model import (
     StoredResult,
     WriteOutcome,
     encode_document,
+    rfc3339,
     validate_analysis_id,
 )
 
@@ -167,6 +167,36 @@ class ResultStore:
 
     async def list(self, *, limit: int = 100, after: str | None = None) -> Page:
         """Live results ordered by ``analysis_id``, ``limit`` (1-1000) at a time."""
+        rows = await self._page_rows(limit, after)
+        items = [_meta(*row) for row in rows[:limit]]
+        return Page(items, items[-1].analysis_id if len(rows) > limit else None)
+
+    async def list_json(self, *, limit: int = 100, after: str | None = None) -> bytes:
+        """The page :meth:`list` returns, as the JSON the API sends (``items``, ``next``):
+        the bytes of ``orjson.dumps`` of the page's ``as_dict()`` items.
+
+        The rows go to orjson as they come from the driver, timestamps included (it
+        writes them in C); only a timestamp whose microseconds are all zero is
+        formatted here, since orjson would leave its fraction out. Letting PostgreSQL
+        write the JSON instead cost the database about 0.4 ms of CPU per page of 100,
+        twice what it spared this process, and that CPU is shared with everything else.
+        """
+        rows = await self._page_rows(limit, after)
+        items = [
+            {
+                "analysis_id": analysis_id,
+                "version": version,
+                "created_at": created if created.microsecond else rfc3339(_utc(created)),
+                "updated_at": updated if updated.microsecond else rfc3339(_utc(updated)),
+            }
+            for analysis_id, version, created, updated in rows[:limit]
+        ]
+        page = {"items": items, "next": items[-1]["analysis_id"] if len(rows) > limit else None}
+        # SQLite hands back naive datetimes, all UTC: NAIVE_UTC writes them as such.
+        return orjson.dumps(page, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+
+    async def _page_rows(self, limit: int, after: str | None) -> Any:
+        """The page's rows, and one more if there is a next page (keyset pagination)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidArgument(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
         params: dict[str, Any] = {"limit": limit + 1}
@@ -179,34 +209,7 @@ class ResultStore:
         rows = await self._pool.run(self._statements.rows(statement, params))
         if self.on_query is not None:
             self.on_query("list", time.perf_counter() - started)
-        items = [_meta(*row) for row in rows[:limit]]
-        return Page(items, items[-1].analysis_id if len(rows) > limit else None)
-
-    async def list_json(self, *, limit: int = 100, after: str | None = None) -> bytes:
-        """The page :meth:`list` returns, as the JSON the API sends (``items``, ``next``).
-
-        On PostgreSQL the database writes the JSON text itself, so a page costs no
-        Python work per row; the bytes are the same as ``orjson.dumps`` of the page.
-        """
-        statements = self._statements
-        if statements.page_json_first is None or statements.page_json_after is None:
-            page = await self.list(limit=limit, after=after)
-            return orjson.dumps({"items": [m.as_dict() for m in page.items], "next": page.next})
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        params: dict[str, Any] = {"limit": limit}
-        statement = statements.page_json_first
-        if after is not None:
-            params["after"] = validate_analysis_id(after)
-            statement = statements.page_json_after
-        started = time.perf_counter()
-        text: str = await self._pool.run(self._statements.value(statement, params))
-        if self.on_query is not None:
-            self.on_query("list", time.perf_counter() - started)
-        return text.encode()
-
-    # Writes that could not reach the shared cache (see ResultCache): a durable list, so
-    # that no replica, nor this one after a restart, trusts the cache for those ids.
+        return rows
 
     # ``cache`` names the shared cache namespace the notes are about (ResultCache uses its
     # key prefix): deployments that share this database but not a cache keep apart.
@@ -398,14 +401,10 @@ class _Statements:
             delete(u).where(in_cache, u.c.noted_at < bindparam("before")).returning(u.c.analysis_id)
         )
         self.database_now = select(func.now())
-        self.page_json_first: TextClause | None = None
-        self.page_json_after: TextClause | None = None
         self._driver: dict[Executable, _DriverStatement] = {}
         self.database_parses_json = dialect == "postgresql"
         """Whether the database parses a document's JSON as it stores it (JSONB does)."""
         if dialect == "postgresql":
-            self.page_json_first = _page_json("")
-            self.page_json_after = _page_json("AND analysis_id > :after")
             compiler = asyncpg_dialect()  # type: ignore[no-untyped-call]
             for statement in vars(self).values():
                 if isinstance(statement, Executable):
@@ -434,48 +433,6 @@ class _DriverStatement:
 def _asyncpg(conn: Connection) -> Any:
     """The asyncpg connection under a pooled SQLAlchemy connection."""
     return conn.connection.driver_connection
-
-
-def _page_json(condition: str) -> TextClause:
-    """A keyset page written as JSON by PostgreSQL, byte for byte what orjson writes.
-
-    One row more than the page is read: its presence says there is a next page, which
-    starts after the page's last id. Timestamps are RFC 3339 in UTC with microseconds.
-    """
-    stamp = """'"' || to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'"""
-    item = (
-        """'{"analysis_id":' || to_json(analysis_id)::text || ',"version":' || version"""
-        """ || ',"created_at":' || """
-        + stamp.format("created_at")
-        + """ || ',"updated_at":' || """
-        + stamp.format("updated_at")
-        + """ || '}'"""
-    )
-    statement = text(
-        f"""
-        WITH page AS (
-            SELECT analysis_id, version, created_at, updated_at,
-                   row_number() OVER (ORDER BY analysis_id) AS n
-            FROM results
-            WHERE result IS NOT NULL {condition}
-            ORDER BY analysis_id
-            LIMIT :limit + 1
-        )
-        SELECT '{{"items":[' || coalesce(
-                   string_agg({item}, ',' ORDER BY analysis_id) FILTER (WHERE n <= :limit), ''
-               ) || '],"next":' || coalesce(
-                   CASE WHEN count(*) > :limit
-                   THEN to_json(max(analysis_id) FILTER (WHERE n = :limit))::text END,
-                   'null'
-               ) || '}}'
-        FROM page
-        """  # noqa: S608 - the only interpolations are this module's own constants
-    )
-    if ":after" in condition:
-        return statement.bindparams(
-            bindparam("limit", type_=BigInteger), bindparam("after", type_=Text)
-        )
-    return statement.bindparams(bindparam("limit", type_=BigInteger))
 
 
 def _meta(analysis_id: str, version: int, created_at: datetime, updated_at: datetime) -> ResultMeta:

@@ -14,6 +14,7 @@ import pytest
 
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
+from service.db.schema import results
 from service.errors import (
     DatabaseUnavailable,
     InvalidAnalysisId,
@@ -175,6 +176,29 @@ async def test_list_json_is_the_page_as_orjson_writes_it(store: ResultStore) -> 
             await store.list_json(limit=limit)
     with pytest.raises(InvalidAnalysisId):
         await store.list_json(after="a b")
+
+
+async def test_list_json_writes_whole_seconds_with_their_microseconds(
+    store: ResultStore,
+) -> None:
+    """orjson leaves the fraction out of a timestamp whose microseconds are all zero;
+    the page must still say ``.000000Z``, as ``as_dict()`` (and a PUT's answer) does."""
+    prefix = unique_id("whole")
+    for n in range(3):
+        await store.put(f"{prefix}-{n}", {"n": n})
+    whole = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            results.update()
+            .where(results.c.analysis_id == f"{prefix}-1")
+            .values(created_at=whole, updated_at=whole)
+        )
+    page = await store.list(limit=3, after=f"{prefix}-")
+    body = await store.list_json(limit=3, after=f"{prefix}-")
+    assert body == orjson.dumps(
+        {"items": [meta.as_dict() for meta in page.items], "next": page.next}
+    )
+    assert b'"updated_at":"2026-01-02T03:04:05.000000Z"' in body
 
 
 async def _blocked_writer(pg_url: str, analysis_id: str) -> AsyncIterator[asyncpg.Connection]:
