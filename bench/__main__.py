@@ -436,27 +436,22 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_gzip": wrk.Load("/bare-gzip/doc", headers=("Accept-Encoding: gzip",)),
                 "monitoring_on": wrk.Load(f"/with-metrics/results/{DOCUMENT_ID}"),
                 "monitoring_off": wrk.Load(f"/no-metrics/results/{DOCUMENT_ID}"),
-                "raw_put": wrk.Load(
-                    "/raw-put/x",
-                    method="PUT",
-                    body_file=body,
-                    spread_prefix="/raw-put/bench-rawput-",
-                    spread=PUT_IDS,
-                ),
-                "put": wrk.Load(
-                    "/results/x",
-                    method="PUT",
-                    body_file=body,
-                    spread_prefix="/results/bench-put-",
-                    spread=PUT_IDS,
-                ),
-                "put_local": wrk.Load(
-                    "/no-cache/results/x",
-                    method="PUT",
-                    body_file=body,
-                    spread_prefix="/no-cache/results/bench-put-",
-                    spread=PUT_IDS,
-                ),
+                # PUTs of the document to PUT_IDS ids, spread: the raw upsert, the
+                # service, and the service with no Redis behind it.
+                **{
+                    key: wrk.Load(
+                        f"{head}/x",
+                        method="PUT",
+                        body_file=body,
+                        spread_prefix=f"{head}/{ids}",
+                        spread=PUT_IDS,
+                    )
+                    for key, head, ids in (
+                        ("raw_put", "/raw-put", "bench-rawput-"),
+                        ("put", "/results", "bench-put-"),
+                        ("put_local", "/no-cache/results", "bench-put-"),
+                    )
+                },
                 "raw_list": wrk.Load("/raw-list?limit=100"),
                 "list": wrk.Load("/results?limit=100"),
             }

@@ -200,46 +200,6 @@ _SECRETS_AND_URLS = ("database_url", "redis_url", "admin_token")
 """Read as given; an empty value means unset."""
 
 
-def _readers() -> dict[str, Callable[[str], object]]:
-    """How each other setting is read from its variable's text (defaults: the fields')."""
-    integer, number, boolean, word = _integer, _number, _boolean, str.lower
-    return {
-        "redis_max_connections": integer,
-        "redis_timeout": number,
-        "result_ttl": integer,
-        "cache_prefix": str,
-        "l1_max_bytes": integer,
-        "l1_ttl": number,
-        "db_pool_size": integer,
-        "db_max_overflow": integer,
-        "db_pool_timeout": number,
-        "db_pool_recycle": integer,
-        "db_pool_pre_ping": boolean,
-        "db_connect_timeout": number,
-        "db_statement_timeout": number,
-        "db_lock_timeout": number,
-        "db_maintenance_timeout": number,
-        "db_maintenance_interval": number,
-        "db_maintenance_operation": word,
-        "compression_min_size": integer,
-        "compression_encodings": _word_list,
-        "compression_zstd_level": integer,
-        "compression_br_level": integer,
-        "compression_gzip_level": integer,
-        "max_result_bytes": integer,
-        "max_header_bytes": integer,
-        "max_headers": integer,
-        "header_timeout": number,
-        "body_timeout": number,
-        "send_timeout": number,
-        "metrics_port": integer,
-        "metrics_host": str,
-        "log_level": word,
-        "log_format": word,
-        "migrate_on_start": boolean,
-    }
-
-
 def _integer(raw: str) -> int:
     try:
         return int(raw.strip().replace("_", ""))
@@ -289,4 +249,39 @@ def _database_url(raw: str) -> URL:
     return url.set(drivername=driver)
 
 
-_READERS = _readers()
+_READERS: dict[str, Callable[[str], object]] = {
+    # How each setting but the URLs and secrets is read from its text (defaults: the fields').
+    "redis_max_connections": _integer,
+    "redis_timeout": _number,
+    "result_ttl": _integer,
+    "cache_prefix": str,
+    "l1_max_bytes": _integer,
+    "l1_ttl": _number,
+    "db_pool_size": _integer,
+    "db_max_overflow": _integer,
+    "db_pool_timeout": _number,
+    "db_pool_recycle": _integer,
+    "db_pool_pre_ping": _boolean,
+    "db_connect_timeout": _number,
+    "db_statement_timeout": _number,
+    "db_lock_timeout": _number,
+    "db_maintenance_timeout": _number,
+    "db_maintenance_interval": _number,
+    "db_maintenance_operation": str.lower,
+    "compression_min_size": _integer,
+    "compression_encodings": _word_list,
+    "compression_zstd_level": _integer,
+    "compression_br_level": _integer,
+    "compression_gzip_level": _integer,
+    "max_result_bytes": _integer,
+    "max_header_bytes": _integer,
+    "max_headers": _integer,
+    "header_timeout": _number,
+    "body_timeout": _number,
+    "send_timeout": _number,
+    "metrics_port": _integer,
+    "metrics_host": str,
+    "log_level": str.lower,
+    "log_format": str.lower,
+    "migrate_on_start": _boolean,
+}
