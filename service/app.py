@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import admin, health, metrics, openapi, result_routes
+from service.api.caching import NoStoreByDefault, ReadHeaders
 from service.api.reads import HitPath
 from service.api.responses import Problem, handle_exception
 from service.api.state import State
@@ -48,6 +49,7 @@ def create_app(
     compression = CompressionStats()
     monitor = PerformanceMonitor()
     monitor.watch_compression(compression)
+    read_headers = ReadHeaders(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -61,6 +63,7 @@ def create_app(
                 "optimizer": parts.optimizer,
                 "compression": compression,
                 "monitor": monitor,
+                "read_headers": read_headers,
             }
 
     routes = [*result_routes.routes, *health.routes, *admin.routes, *openapi.routes]
@@ -76,10 +79,13 @@ def create_app(
             Middleware(
                 HitPath,
                 encodings=settings.compression_encodings,
+                read_headers=read_headers,
                 stats=compression,
                 monitor=monitor if monitoring else None,
             )
         )
+    # Inside the hit path, whose answers carry their policy already.
+    outer.append(Middleware(NoStoreByDefault))
     if monitoring:
         # The time includes compression, the status is what is sent.
         outer.append(Middleware(MonitoringMiddleware, monitor=monitor, routes=routes))

@@ -78,6 +78,10 @@ class Settings:
     compression_br_level: int = DEFAULT_LEVELS[BR]
     compression_gzip_level: int = DEFAULT_LEVELS[GZIP]
     max_result_bytes: int = MiB
+    http_max_age: int = 0
+    http_s_maxage: int | None = None
+    http_stale_while_revalidate: int = 0
+    stale_if_error: int = 0
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     header_timeout: float = 10.0
@@ -120,6 +124,11 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(f"COMPRESSION_{coding.upper()}_LEVEL", str(exc)) from None
         _at_least("MAX_RESULT_BYTES", self.max_result_bytes, 2)
+        _at_least("HTTP_MAX_AGE", self.http_max_age, 0)
+        if self.http_s_maxage is not None:
+            _at_least("HTTP_S_MAXAGE", self.http_s_maxage, 0)
+        _at_least("HTTP_STALE_WHILE_REVALIDATE", self.http_stale_while_revalidate, 0)
+        _at_least("STALE_IF_ERROR", self.stale_if_error, 0)
         _at_least("MAX_HEADER_BYTES", self.max_header_bytes, 1024)
         _at_least("MAX_HEADERS", self.max_headers, 8)
         _at_least("HEADER_TIMEOUT", self.header_timeout, 0.001)
@@ -274,6 +283,10 @@ _READERS: dict[str, Callable[[str], object]] = {
     "compression_br_level": _integer,
     "compression_gzip_level": _integer,
     "max_result_bytes": _integer,
+    "http_max_age": _integer,
+    "http_s_maxage": _integer,
+    "http_stale_while_revalidate": _integer,
+    "stale_if_error": _integer,
     "max_header_bytes": _integer,
     "max_headers": _integer,
     "header_timeout": _number,

@@ -33,12 +33,14 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from dataclasses import dataclass, fields
+from email.utils import formatdate
 from typing import Any, ClassVar
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.config import Settings
 from service.logs import RateLimitedLog
@@ -127,6 +129,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         self._running = cycle
+        cycle.__class__ = _DatedCycle  # the same object, its Date taken when it answers
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
@@ -293,6 +296,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\n" % (refusal.status, refusal.title.encode())
             + b"content-type: application/problem+json\r\n"
             + b"content-length: %d\r\n" % len(body)
+            + b"cache-control: no-store\r\n"
             + b"connection: close\r\n\r\n"
             + body
         )
@@ -301,6 +305,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._lingering = self.loop.call_later(LINGER, _reset, transport)
         else:
             transport.close()
+
+
+class _DatedCycle(RequestResponseCycle):
+    """uvicorn's request cycle, whose ``Date`` is the second its answer starts in.
+
+    uvicorn formats ``Date`` once a second in its main loop and gives a request the
+    value current when the request arrived, so an answer could carry a Date up to a
+    second or more before the moment it was made, and a Last-Modified written in
+    between was later than its own Date (RFC 9110 section 8.8.2.1 forbids that).
+    """
+
+    async def send(self, message: Any) -> None:
+        if not self.response_started:
+            self.default_headers = _dated(self.default_headers)
+        await super().send(message)
+
+
+_date: tuple[int, bytes] = (0, b"")
+
+
+def _dated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with their ``date`` (uvicorn puts it first, unless turned off) now."""
+    global _date
+    if not headers or headers[0][0] != b"date":
+        return headers
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    if headers[0][1] == _date[1]:
+        return headers
+    return [(b"date", _date[1]), *headers[1:]]
 
 
 def _reset(transport: asyncio.Transport) -> None:

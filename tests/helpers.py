@@ -51,6 +51,13 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+async def next_second() -> None:
+    """Wait for the current second to end: a version written before is then sent with
+    Last-Modified (never during the second it was written in)."""
+    now = time.time()
+    await asyncio.sleep(int(now) + 1 - now + 0.01)
+
+
 def unique_prefix(tag: str = "rc") -> str:
     """A cache prefix (CACHE_PREFIX) no other test uses; see :func:`forget_prefix`."""
     return f"{tag}{uuid.uuid4().hex[:10]}"

@@ -106,11 +106,24 @@ _VALIDATORS = {
         'the version, quoted: "7"; a compressed representation adds its coding: "7-br"',
         required=True,
     ),
-    "Last-Modified": _header({"type": "string"}, "when the version was written", required=True),
 }
 _READ_HEADERS = {
     **_VALIDATORS,
-    "X-Cache": _header({"enum": ["HIT", "MISS"]}, "whether a cache tier answered", required=True),
+    "Last-Modified": _header(
+        {"type": "string"},
+        "when the version was written; left out during the second it was written in",
+    ),
+    "Cache-Control": _header(
+        {"type": "string"},
+        "no-cache unless HTTP_MAX_AGE and its kin are set",
+        required=True,
+    ),
+    "Cache-Status": _header(
+        {"type": "string"}, "RFC 9211: which tier of the service answered", required=True
+    ),
+    "X-Cache": _header(
+        {"enum": ["HIT", "MISS", "STALE"]}, "whether a cache tier answered", required=True
+    ),
 }
 _WRITTEN_HEADERS = {
     **_VALIDATORS,

@@ -15,11 +15,12 @@ repeated conditional header, a mounted app whose path does not fit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from time import perf_counter
+from time import perf_counter, time
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.caching import ReadHeaders
 from service.cache.ready import Headers, ReadyResult, Representation
 from service.core.compression import CompressionStats
 from service.core.negotiation import IDENTITY, choose_coding
@@ -79,17 +80,22 @@ def answer(
     request: ReadRequest,
     *,
     head: bool,
-    hit: bool,
+    tail: Headers,
     stats: CompressionStats | None,
 ) -> tuple[int, Headers, bytes]:
-    """Status, raw headers and body of the response to a read of ``representation``."""
-    if ready.not_modified(representation, request.if_none_match, request.if_modified_since):
-        return 304, representation.headers_for(True, hit), b""
+    """Status, raw headers and body of the response to a read of ``representation``;
+    the headers end with ``tail`` (what the policy and the answering tier add)."""
+    settled = ready.settled(time())
+    if ready.not_modified(
+        representation, request.if_none_match, request.if_modified_since, settled
+    ):
+        return 304, [*representation.block(True, settled), *tail], b""
     coding = representation.coding
     if coding != IDENTITY and stats is not None:
         stats.record(coding, len(ready.stored.body), len(representation.body))
         stats.count_response(coding)
-    return 200, representation.headers_for(False, hit), b"" if head else representation.body
+    headers = [*representation.block(False, settled), *tail]
+    return 200, headers, b"" if head else representation.body
 
 
 class HitPath:
@@ -107,12 +113,14 @@ class HitPath:
         app: ASGIApp,
         *,
         encodings: Sequence[str],
+        read_headers: ReadHeaders,
         stats: CompressionStats | None = None,
         monitor: PerformanceMonitor | None = None,
         endpoint: str = "/results/{analysis_id}",
     ) -> None:
         self.app = app
         self.encodings = tuple(encodings)
+        self.tail = read_headers.tails["l1"]
         self.stats = stats
         self.monitor = monitor
         self.endpoint = endpoint
@@ -151,7 +159,7 @@ class HitPath:
             return False  # the route makes it, once
         results.count_l1_hit()
         status, headers, body = answer(
-            ready, representation, request, head=method == "HEAD", hit=True, stats=self.stats
+            ready, representation, request, head=method == "HEAD", tail=self.tail, stats=self.stats
         )
         monitor = self.monitor
         if monitor is None:

@@ -15,14 +15,10 @@ from service.api.reads import ReadRequest, answer
 from service.api.responses import JSONResponse, Problem, RawResponse, quoted
 from service.api.state import state_of
 from service.cache.ready import ReadyResult
-from service.core.validators import bounded_decimal, http_date
-from service.model import MAX_PAGE_SIZE, ResultMeta, StoredResult, validate_analysis_id
+from service.core.validators import bounded_decimal
+from service.model import MAX_PAGE_SIZE, StoredResult, validate_analysis_id
 
 DEFAULT_PAGE_SIZE = 100
-
-
-def _validators(meta: ResultMeta) -> dict[str, str]:
-    return {"ETag": meta.etag, "Last-Modified": http_date(meta.updated_at)}
 
 
 async def result_item(request: Request) -> Response:
@@ -45,7 +41,7 @@ async def _read(request: Request, analysis_id: str) -> Response:
             404,
             f"no result with analysis_id {quoted(analysis_id)}",
             slug="result-not-found",
-            headers={"X-Cache": "HIT" if read.hit else "MISS"},
+            headers=state["read_headers"].cache_status(read.source),
         )
     settings = state["settings"]
     # Without L1 the representation is made for this response alone.
@@ -59,7 +55,7 @@ async def _read(request: Request, analysis_id: str) -> Response:
         representation,
         conditions,
         head=request.method == "HEAD",
-        hit=read.hit,
+        tail=state["read_headers"].tails[read.source],
         stats=state["compression"],
     )
     return RawResponse(status, headers, body)
@@ -75,7 +71,9 @@ async def _write(request: Request, analysis_id: str) -> Response:
         analysis_id, body, if_match=if_match, if_none_match=create_only
     )
     meta = outcome.meta
-    headers = _validators(meta)
+    # No Last-Modified: a version is not sent with one during the second it was written
+    # in (see ReadyResult.settled), and this answer is always in that second.
+    headers = {"ETag": meta.etag}
     if outcome.created:
         headers["Location"] = f"/results/{analysis_id}"
     content = {
@@ -107,8 +105,13 @@ async def result_list(request: Request) -> Response:
             )
         limit = parsed
     after = request.query_params.get("after")
-    page = await state_of(request)["store"].list_json(limit=limit, after=after)
-    return Response(page, media_type="application/json")
+    state = state_of(request)
+    page = await state["store"].list_json(limit=limit, after=after)
+    return Response(
+        page,
+        media_type="application/json",
+        headers={"Cache-Control": state["read_headers"].cache_control},
+    )
 
 
 class _WholePathRoute(Route):

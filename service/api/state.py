@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 if TYPE_CHECKING:
+    from service.api.caching import ReadHeaders
     from service.cache.result_cache import ResultCache
     from service.config import Settings
     from service.core.compression import CompressionStats
@@ -31,6 +32,7 @@ class State(TypedDict):
     optimizer: QueryOptimizer
     compression: CompressionStats
     monitor: PerformanceMonitor
+    read_headers: ReadHeaders
 
 
 def state_of(request: HTTPConnection | Scope) -> State:

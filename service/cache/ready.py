@@ -2,7 +2,7 @@
 
 A hit must format and parse nothing: the body in each coding a client has asked for,
 and the header block of each representation (Content-Type, Content-Length, ETag with
-its coding, Last-Modified, Vary, X-Cache), are made the first time they are needed and
+its coding, Last-Modified, Vary), are made the first time they are needed and
 kept with the version in the in-process tier. The results route and the hit path in
 front of the framework both answer from these objects, so they send the same bytes.
 
@@ -27,9 +27,6 @@ THREAD_MINIMUM_SIZE: Final = 64 * 1024
 """Bodies this large are compressed in a worker thread, not on the event loop."""
 _MAX_DATE_LENGTH: Final = 64
 """Longer than any HTTP date format: such an If-Modified-Since is ignored unparsed."""
-_X_CACHE: Final = b"x-cache"
-_HIT: Final = (_X_CACHE, b"HIT")
-_MISS: Final = (_X_CACHE, b"MISS")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,36 +34,39 @@ Headers = list[tuple[bytes, bytes]]
 class Representation:
     """One (version, coding): its bytes, its tag, and the header blocks of 200 and 304.
 
-    Both blocks end with ``X-Cache: HIT``; :meth:`headers_for` swaps in MISS.
+    The blocks hold what the representation alone decides; the caller appends what the
+    answering tier and the policy add (Cache-Control, Cache-Status). Each block comes
+    with ``Last-Modified`` and without: a version is sent without it during the second
+    it was written (see :meth:`ReadyResult.settled`).
     """
 
-    __slots__ = ("body", "coding", "etag", "headers", "not_modified_headers")
+    __slots__ = ("_blocks", "body", "coding", "etag")
 
     def __init__(self, body: bytes, coding: str, etag: str, last_modified: bytes) -> None:
         self.body = body
         self.coding = coding
         self.etag = etag
-        validators = [(b"etag", etag.encode()), (b"last-modified", last_modified)]
+        tag = (b"etag", etag.encode())
+        modified = (b"last-modified", last_modified)
         vary = (b"vary", b"Accept-Encoding")
-        self.headers: Headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            *validators,
-            vary,
-        ]
+        described: Headers = [(b"content-type", b"application/json")]
+        described.append((b"content-length", b"%d" % len(body)))
+        encoding: Headers = []
         if coding != IDENTITY:
-            self.headers.append((b"content-encoding", coding.encode()))
-        self.headers.append(_HIT)
-        self.not_modified_headers: Headers = [*validators, vary, _HIT]
+            encoding.append((b"content-encoding", coding.encode()))
+        self._blocks: tuple[Headers, Headers, Headers, Headers] = (
+            [*described, tag, modified, vary, *encoding],
+            [tag, modified, vary],
+            [*described, tag, vary, *encoding],
+            [tag, vary],
+        )
 
-    def headers_for(self, not_modified: bool, hit: bool) -> Headers:
-        """The header block of a 304 or a 200, as a hit (or a miss) reports it.
+    def block(self, not_modified: bool, settled: bool) -> Headers:
+        """The header block of a 304 or a 200, with Last-Modified when ``settled``.
 
-        Always a new list: middleware may edit a response's headers in place (Starlette's
-        GZipMiddleware does), and must never edit the block every later hit sends.
+        Shared by every response: copy it before adding to it.
         """
-        block = self.not_modified_headers if not_modified else self.headers
-        return [*block] if hit else [*block[:-1], _MISS]
+        return self._blocks[not_modified + (0 if settled else 2)]
 
 
 class ReadyResult:
@@ -117,20 +117,36 @@ class ReadyResult:
         self._pending.pop(coding, None)
         return self._keep(coding, made)
 
+    def settled(self, now: float) -> bool:
+        """Whether the second this version was written in has ended at ``now`` (Unix
+        time): only then is it sent with Last-Modified.
+
+        HTTP dates count whole seconds. Sent during that second, Last-Modified could be
+        later than the Date a server took a moment earlier (RFC 9110 section 8.8.2.1
+        forbids it), and a second write within the same second would carry the same
+        date, so a client revalidating the first with If-Modified-Since would be told
+        304 for changed content. Once the second has ended, the version that holds a
+        date is the last one written in it; the ETag still validates it before then.
+        """
+        return now >= self._modified + 1
+
     def not_modified(
         self,
         representation: Representation,
         if_none_match: str | None,
         if_modified_since: str | None,
+        settled: bool,
     ) -> bool:
         """RFC 9110 section 13.2.2 for a GET or HEAD of ``representation``.
 
         If-None-Match, when sent, decides alone (weak comparison with this
-        representation's own tag); otherwise If-Modified-Since, to the second.
+        representation's own tag); otherwise If-Modified-Since, to the second, and only
+        once the version is ``settled``: before, no Last-Modified was sent for it, and a
+        date in its second may stand for an earlier version of the same second.
         """
         if if_none_match is not None:
             return weak_match(if_none_match, representation.etag)
-        if if_modified_since is None or len(if_modified_since) > _MAX_DATE_LENGTH:
+        if not settled or if_modified_since is None or len(if_modified_since) > _MAX_DATE_LENGTH:
             return False
         since = since_seconds(if_modified_since)
         return since is not None and self._modified <= since

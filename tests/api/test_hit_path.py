@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.reads import HitPath
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import forget_prefix, unique_prefix
+from tests.helpers import forget_prefix, next_second, unique_prefix
 
 Headers = list[tuple[str, str]]
 
@@ -121,7 +121,12 @@ def layers(
     """The full stack; the hit path in front of it (noting what reaches the stack); state."""
     full, state, settings = service
     behind = Recorder(full)
-    fast = HitPath(behind, encodings=settings.compression_encodings, stats=state["compression"])
+    fast = HitPath(
+        behind,
+        encodings=settings.compression_encodings,
+        read_headers=state["read_headers"],
+        stats=state["compression"],
+    )
     return full, fast, behind, state
 
 
@@ -137,6 +142,7 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
     await results.delete(ids["deleted"])
     missing = f"/results/missing-{unique_prefix()}"
     await exchange(full, state, "GET", missing, [])
+    await next_second()  # from here on every response carries Last-Modified
     for rid in ids.values():  # L1 filled, so both sides answer X-Cache: HIT from here on
         await exchange(full, state, "GET", f"/results/{rid}", [])
 
@@ -246,7 +252,9 @@ async def test_middleware_that_edits_headers_in_place_cannot_corrupt_later_hits(
     full, state, settings = service
     # As a user who prefers GZipMiddleware would run it: no codings of our own.
     state = {**state, "settings": dataclasses.replace(settings, compression_encodings=())}
-    fast = HitPath(full, encodings=(), stats=state["compression"])
+    fast = HitPath(
+        full, encodings=(), read_headers=state["read_headers"], stats=state["compression"]
+    )
     wrapped = GZipMiddleware(fast, minimum_size=10)
     rid = f"gzip-{unique_prefix()}"
     await state["result_cache"].put(rid, BIG)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ClientFactory, assert_problem, unique_id
+from tests.helpers import ClientFactory, assert_problem, next_second, unique_id
 
 JSON = {"content-type": "application/json"}
 
@@ -32,6 +32,7 @@ async def test_put_creates_then_replaces_with_versions(client: httpx.AsyncClient
     assert replaced.headers["etag"] == '"2"'
     assert "location" not in replaced.headers
 
+    await next_second()
     got = await client.get(f"/results/{rid}")
     assert got.status_code == 200
     assert got.json() == {"score": 0.75}
@@ -87,6 +88,7 @@ async def test_if_none_match_gives_304(client: httpx.AsyncClient) -> None:
 async def test_if_modified_since(client: httpx.AsyncClient) -> None:
     rid = unique_id()
     await client.put(f"/results/{rid}", json={"a": 1})
+    await next_second()
     last_modified = (await client.get(f"/results/{rid}")).headers["last-modified"]
     same = await client.get(f"/results/{rid}", headers={"if-modified-since": last_modified})
     assert same.status_code == 304
