@@ -67,7 +67,14 @@ def cache_manager(settings: Settings) -> CacheManager:
 def result_cache(settings: Settings, store: ResultStore | None, cache: CacheManager) -> ResultCache:
     """The results' two tiers over ``cache``: L1 (unless ``L1_MAX_BYTES`` is 0) in front."""
     l1: L1 | None = LocalCache(settings.l1_max_bytes) if settings.l1_max_bytes > 0 else None
-    return ResultCache(cache, store, ttl=settings.result_ttl, l1=l1, l1_ttl=settings.l1_ttl)
+    return ResultCache(
+        cache,
+        store,
+        ttl=settings.result_ttl,
+        l1=l1,
+        l1_ttl=settings.l1_ttl,
+        stale_if_error=settings.stale_if_error,
+    )
 
 
 def query_optimizer(settings: Settings, pool: ConnectionPool) -> QueryOptimizer:

@@ -36,12 +36,14 @@ Notice = tuple[str, str]
 """A pub/sub ``(channel, message)`` that a backend shared by replicas publishes with a write."""
 
 # Compare and set in one atomic step, publishing the notice in the same round trip.
-# GETRANGE reads only the head of the stored value, never a whole document.
+# GETRANGE reads only the head of the stored value, never a whole document. The same
+# version may be written again (its content never changes): that is how a refresh
+# renews an entry's lifetime.
 _SET_IF_NEWER = """
 local head = redis.call('GETRANGE', KEYS[1], 0, 24)
 local stored = tonumber(string.match(head, '^(%d+) '))
 local written = 0
-if stored == nil or stored == 0 or tonumber(ARGV[1]) > stored then
+if stored == nil or stored == 0 or tonumber(ARGV[1]) >= stored then
   if ARGV[3] == '0' then
     redis.call('SET', KEYS[1], ARGV[2])
   else
@@ -196,7 +198,7 @@ def leading_version(value: bytes) -> int | None:
 def _supersedes(new: bytes, stored: bytes) -> bool:
     # The same rule as the Lua script above.
     old = leading_version(stored)
-    return old is None or old == 0 or (leading_version(new) or 0) > old
+    return old is None or old == 0 or (leading_version(new) or 0) >= old
 
 
 class RedisBackend:

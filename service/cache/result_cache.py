@@ -23,6 +23,14 @@ What is promised, and how:
 * **Encoded bytes ready for hot reads.** A version's body in each coding clients ask
   for is compressed once and kept with it in L1, charged to L1_MAX_BYTES.
 * **Fail-open.** With Redis unreachable, reads go to the store.
+* **Hot keys never miss on expiry.** A shared entry read in the last part of its
+  freshness (the early window: a tenth of the TTL, and at least two L1 TTLs, so that
+  the L1 refills of a hot key land in it) is refreshed from the store in the
+  background, once per key per process, while reads go on being served. TTLs get up to
+  10% of jitter, so that keys written together do not expire together.
+* **Stale if error.** With ``stale_if_error`` seconds, a shared entry outlives its
+  freshness by that long; a read that finds it expired and then cannot reach the store
+  is answered with it (source ``stale``) instead of failing.
 * **No acknowledged write hidden by a stalled Redis, on any replica, across restarts.**
   A write whose version could not reach Redis is noted in the store (the
   ``unsynced_results`` table) before it is acknowledged; if even that fails, the write
@@ -40,6 +48,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -108,8 +118,12 @@ long another replica may serve a version that a write could not put into Redis."
 MAX_WRITTEN = 100_000
 """Ids whose latest local write is remembered (an LRU), to refuse older shared entries."""
 REPAIR_INTERVAL = 1.0
+TTL_JITTER = 0.1
+"""Up to this share of a default TTL is taken off at random (see the module docstring)."""
+EARLY_SHARE = 0.1
+"""The early window's share of the TTL (see the module docstring)."""
 
-Source = Literal["l1", "shared", "database"]
+Source = Literal["l1", "shared", "database", "stale"]
 L1 = LocalCache[ReadyResult | Absent]
 """The in-process tier: each id's current version, ready to send, or its absence."""
 
@@ -135,7 +149,7 @@ class CachedRead:
 
     @property
     def hit(self) -> bool:
-        return self.source != "database"
+        return self.source != "database" and self.source != "stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,10 @@ class ResultCacheStats:
     """Reads that waited on another caller's flight instead of starting one."""
     joined_hits: int
     """Of those, the ones whose flight found the result in the shared tier."""
+    refreshes: int
+    """Shared entries refreshed from the store before they expired."""
+    stale: int
+    """Reads answered with an expired entry because the store failed (stale-if-error)."""
     l1_entries: int
     l1_bytes: int
     l1_max_bytes: int
@@ -185,13 +203,20 @@ class ResultCache:
         ttl: float | None = None,
         l1: L1 | None = None,
         l1_ttl: float = defaults.L1_TTL,
+        stale_if_error: float = 0.0,
     ) -> None:
+        if stale_if_error < 0:
+            raise InvalidArgument("stale_if_error must be >= 0 seconds")
         self._owns_cache = cache is None
         self.cache = cache or CacheManager.from_url(None, default_ttl=defaults.RESULT_TTL)
         self.store = store
         self.ttl = ttl if ttl is not None else (self.cache.default_ttl or defaults.RESULT_TTL)
         self.l1 = l1
         self.l1_ttl = l1_ttl
+        self.stale_if_error = stale_if_error
+        self.early = min(self.ttl / 2, max(self.ttl * EARLY_SHARE, 2 * l1_ttl))
+        """Seconds before a shared entry's freshness ends when a read refreshes it."""
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         self.channel = f"{self.cache.prefix}:invalidate:{NAMESPACE}"
         self.shared_namespace = f"{self.cache.prefix}:{NAMESPACE}"
         """Names this cache's keys in the store's notes of unsynced writes."""
@@ -214,6 +239,7 @@ class ResultCache:
                 backend, self.channel, self._on_notice, self._drop_everything_local
             )
         self._l1_hits = self._shared_hits = self._loads = self._joined = self._joined_hits = 0
+        self._refreshes = self._stale = 0
 
     @property
     def listener(self) -> InvalidationListener | None:
@@ -238,10 +264,11 @@ class ResultCache:
         """Stop the listener and repairs; close the CacheManager if this cache made it."""
         if self._listener is not None:
             await self._listener.aclose()
-        for task in (self._repair, self._follow):
+        for task in (self._repair, self._follow, *self._refreshing.values()):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self._refreshing.clear()
         self._repair = self._follow = None
         if self._owns_cache:
             await self.cache.aclose()
@@ -263,7 +290,7 @@ class ResultCache:
         if isinstance(local, ReadyResult):
             found = local.stored
         elif local is None:
-            found = _decode(analysis_id, await self.cache.get_raw(analysis_id, NAMESPACE))
+            found = _decode(analysis_id, await self.cache.get_raw(analysis_id, NAMESPACE))[0]
         else:
             found = local
         return found.document() if isinstance(found, StoredResult) else None
@@ -325,13 +352,13 @@ class ResultCache:
         outcome = await self._store().put(
             analysis_id, document, if_match=if_match, if_none_match=if_none_match
         )
-        await self._write_through(outcome.result, self.ttl)
+        await self._write_through(outcome.result, None)
         return outcome
 
     async def delete(self, analysis_id: str, *, if_match: IfMatch = None) -> ResultMeta:
         """:meth:`ResultStore.delete`, then a tombstone into the cache before returning."""
         meta = await self._store().delete(analysis_id, if_match=if_match)
-        await self._write_through(Absent(analysis_id, meta.version), self.ttl)
+        await self._write_through(Absent(analysis_id, meta.version), None)
         return meta
 
     async def invalidate(self, analysis_id: str | None = None) -> int:
@@ -375,6 +402,8 @@ class ResultCache:
             loads=self._loads,
             joined=self._joined,
             joined_hits=self._joined_hits,
+            refreshes=self._refreshes,
+            stale=self._stale,
             l1_entries=len(l1) if l1 is not None else 0,
             l1_bytes=l1.size_bytes if l1 is not None else 0,
             l1_max_bytes=l1.max_bytes if l1 is not None else 0,
@@ -389,25 +418,35 @@ class ResultCache:
         """One flight: the shared tier, else the store and a guarded fill."""
         me = asyncio.current_task()
         reached = True
+        expired: StoredResult | Absent | None = None
         if not self._is_unsynced(analysis_id):
             raw, reached = await self.cache.lookup_raw(analysis_id, NAMESPACE)
-            found = _decode(analysis_id, raw)
+            found, fresh_until = _decode(analysis_id, raw)
             if found is not None and self._current(found):
-                self._shared_hits += 1
-                ready = None
-                if self._flights.get(analysis_id) is me:
-                    ready = self._l1_set(analysis_id, found)
-                return CachedRead(found, "shared", ready)
-        found = await self._store().read(analysis_id)
+                left = math.inf if fresh_until is None else fresh_until - time.time()
+                if left > 0:
+                    self._shared_hits += 1
+                    if left < self.early:
+                        self._refresh_soon(analysis_id, found)
+                    ready = None
+                    if self._flights.get(analysis_id) is me:
+                        ready = self._l1_set(analysis_id, found)
+                    return CachedRead(found, "shared", ready)
+                expired = found
+        try:
+            found = await self._store().read(analysis_id)
+        except DatabaseError:
+            if isinstance(expired, StoredResult):
+                self._stale += 1
+                return CachedRead(expired, "stale")
+            raise
         self._loads += 1
         ready = None
         if self._flights.get(analysis_id) is me:  # no write has ended this flight
             if reached:
                 # Not when the lookup just failed: a second timeout would only add to
                 # this read's wait, and the entry is filled by a later read anyway.
-                await self.cache.set_if_newer(
-                    analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, self.ttl)
-                )
+                await self._fill(found)
             if self._flights.get(analysis_id) is me:
                 ready = self._l1_set(analysis_id, found)
         return CachedRead(found, "database", ready)
@@ -442,10 +481,7 @@ class ResultCache:
             self._written.move_to_end(analysis_id)
             if len(self._written) > MAX_WRITTEN:
                 self._written.popitem(last=False)
-        notice = self._notice_for(analysis_id)
-        written = await self.cache.set_if_newer(
-            analysis_id, entry.encode(found), NAMESPACE, self._ttl_for(found, ttl), notice
-        )
+        written = await self._fill(found, ttl, self._notice_for(analysis_id))
         self._drop_local(analysis_id)
         if written is None and self.store is not None and version:
             # Redis may still hold (or get back) an older version: read this id from
@@ -457,10 +493,47 @@ class ResultCache:
         return written
 
     def _ttl_for(self, found: StoredResult | Absent, ttl: float | None) -> float:
-        ttl = self.ttl if ttl is None else ttl
+        """``ttl`` as given, or the default TTL less up to TTL_JITTER of it."""
+        if ttl is None:
+            ttl = self.ttl * (1 - TTL_JITTER * random.random())  # noqa: S311 (not a secret)
         if isinstance(found, Absent) and found.version == 0:
             return min(ttl, ABSENT_TTL)
         return ttl
+
+    async def _fill(
+        self,
+        found: StoredResult | Absent,
+        ttl: float | None = None,
+        notice: Notice | None = None,
+    ) -> bool | None:
+        """Compare-and-set ``found`` into the shared tier: fresh for its TTL, kept
+        ``stale_if_error`` seconds longer (a result; an absence is not served stale)."""
+        fresh = self._ttl_for(found, ttl)
+        kept = fresh + self.stale_if_error if isinstance(found, StoredResult) else fresh
+        value = entry.encode(found, time.time() + fresh)
+        return await self.cache.set_if_newer(_id_of(found), value, NAMESPACE, kept, notice)
+
+    def _refresh_soon(self, analysis_id: str, found: StoredResult | Absent) -> None:
+        """Refresh ``analysis_id``'s shared entry in the background, unless under way."""
+        if analysis_id not in self._refreshing:
+            task = asyncio.ensure_future(self._refresh(analysis_id, _version(found)))
+            self._refreshing[analysis_id] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(analysis_id, None))
+
+    async def _refresh(self, analysis_id: str, cached_version: int) -> None:
+        """Read the id from the store and put it into the shared tier (compare-and-set:
+        a write that lands meanwhile keeps its newer version). Other replicas are told
+        only when the version changed."""
+        try:
+            found = await self._store().read(analysis_id)
+            changed = _version(found) != cached_version
+            notice = self._notice_for(analysis_id) if changed else None
+            if await self._fill(found, notice=notice) is not None:
+                self._refreshes += 1
+            if changed:
+                self._drop_local(analysis_id)
+        except (DatabaseError, CacheUnavailable) as exc:
+            self._notes_log.warning("refresh", "early refresh deferred: %r", exc)
 
     def _notice(self, what: str) -> str:
         return f"{self._sender} {what}"
@@ -584,13 +657,7 @@ class ResultCache:
                     continue
                 for analysis_id, mark in list(self._unsynced.items())[:100]:
                     found = await self._store().read(analysis_id)
-                    written = await self.cache.set_if_newer(
-                        analysis_id,
-                        entry.encode(found),
-                        NAMESPACE,
-                        self._ttl_for(found, self.ttl),
-                        self._notice_for(analysis_id),
-                    )
+                    written = await self._fill(found, notice=self._notice_for(analysis_id))
                     if written is None:
                         break
                     await self._store().forget_unsynced(
@@ -621,11 +688,14 @@ def _version(found: StoredResult | Absent) -> int:
     return found.version if isinstance(found, Absent) else found.meta.version
 
 
-def _decode(analysis_id: str, raw: bytes | None) -> StoredResult | Absent | None:
-    """The entry's content, or None for no entry or one this version cannot read."""
+def _decode(
+    analysis_id: str, raw: bytes | None
+) -> tuple[StoredResult | Absent | None, float | None]:
+    """The entry's content and the end of its freshness, or None for no entry (or one
+    this version cannot read)."""
     if raw is None:
-        return None
+        return None, None
     try:
-        return entry.decode(analysis_id, raw)
+        return entry.decode_fresh(analysis_id, raw)
     except ValueError:
-        return None
+        return None, None
