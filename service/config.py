@@ -72,7 +72,7 @@ class Settings:
     db_maintenance_timeout: float = defaults.DB_MAINTENANCE_TIMEOUT
     db_maintenance_interval: float = 0.0
     db_maintenance_operation: str = "analyze"
-    compression_min_size: int = 500
+    compression_min_size: int = defaults.COMPRESSION_MIN_SIZE
     compression_encodings: tuple[str, ...] = _ENCODINGS
     compression_zstd_level: int = DEFAULT_LEVELS[ZSTD]
     compression_br_level: int = DEFAULT_LEVELS[BR]

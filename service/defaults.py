@@ -13,6 +13,8 @@ RESULT_TTL = 3600
 """Seconds a result stays in the shared cache."""
 L1_MAX_BYTES = 64 * MiB
 L1_TTL = 5.0
+COMPRESSION_MIN_SIZE = 500
+"""Smaller bodies are sent, and kept in the shared cache, uncompressed."""
 REDIS_MAX_CONNECTIONS = 50
 REDIS_TIMEOUT = 0.5
 

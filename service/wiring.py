@@ -18,7 +18,7 @@ from typing import Any
 from service.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
-from service.cache.result_cache import L1, ResultCache
+from service.cache.result_cache import L1, ResultCache, SharedZstd
 from service.config import Settings
 from service.db.migrations import upgrade
 from service.db.optimization import QueryOptimizer, maintain_periodically
@@ -74,6 +74,7 @@ def result_cache(settings: Settings, store: ResultStore | None, cache: CacheMana
         l1=l1,
         l1_ttl=settings.l1_ttl,
         stale_if_error=settings.stale_if_error,
+        zstd=SharedZstd(settings.compression_zstd_level, settings.compression_min_size),
     )
 
 

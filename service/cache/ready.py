@@ -130,6 +130,12 @@ class ReadyResult:
         """
         return now >= self._modified + 1
 
+    def adopt(self, coding: str, data: bytes) -> None:
+        """Keep ``data``, ``coding`` bytes that :meth:`make` would have made (the same
+        level, made elsewhere: the shared tier keeps them), unless that coding is made."""
+        if coding not in self._made:
+            self._keep(coding, self._encoded(coding, data))
+
     def not_modified(
         self,
         representation: Representation,

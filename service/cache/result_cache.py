@@ -22,6 +22,10 @@ What is promised, and how:
   if notices cannot arrive, for at most L1_TTL.
 * **Encoded bytes ready for hot reads.** A version's body in each coding clients ask
   for is compressed once and kept with it in L1, charged to L1_MAX_BYTES.
+* **Compressed once for every replica.** A shared entry holds the body in zstd
+  (:class:`SharedZstd`, the level responses use), made by the replica that fills it:
+  Redis holds about a tenth of the bytes, and a replica that loads the entry has its
+  ``zstd`` representation without compressing anything.
 * **Fail-open.** With Redis unreachable, reads go to the store.
 * **Hot keys never miss on expiry.** A shared entry read in the last part of its
   freshness (the early window: a tenth of the TTL, and at least two L1 TTLs, so that
@@ -64,7 +68,8 @@ from service.cache.backends import Notice, RedisBackend
 from service.cache.invalidation import ALL, InvalidationListener
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
-from service.cache.ready import ReadyResult
+from service.cache.ready import THREAD_MINIMUM_SIZE, ReadyResult
+from service.core.codings import DEFAULT_LEVELS, ZSTD, check_level, compress
 from service.errors import CacheUnavailable, ConfigurationError, DatabaseError, InvalidArgument
 from service.logs import RateLimitedLog
 from service.model import (
@@ -124,6 +129,23 @@ EARLY_SHARE = 0.1
 """The early window's share of the TTL (see the module docstring)."""
 
 Source = Literal["l1", "shared", "database", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedZstd:
+    """How shared entries are compressed: zstd at ``level`` (give it the level the
+    responses use, so the stored bytes are the ``zstd`` representation), bodies under
+    ``minimum_size`` bytes left as they are."""
+
+    level: int = DEFAULT_LEVELS[ZSTD]
+    minimum_size: int = defaults.COMPRESSION_MIN_SIZE
+
+    def __post_init__(self) -> None:
+        check_level(ZSTD, self.level)
+        if self.minimum_size < 0:
+            raise InvalidArgument("minimum_size must be >= 0")
+
+
 L1 = LocalCache[ReadyResult | Absent]
 """The in-process tier: each id's current version, ready to send, or its absence."""
 
@@ -204,6 +226,7 @@ class ResultCache:
         l1: L1 | None = None,
         l1_ttl: float = defaults.L1_TTL,
         stale_if_error: float = 0.0,
+        zstd: SharedZstd | None = SharedZstd(),
     ) -> None:
         if stale_if_error < 0:
             raise InvalidArgument("stale_if_error must be >= 0 seconds")
@@ -214,6 +237,8 @@ class ResultCache:
         self.l1 = l1
         self.l1_ttl = l1_ttl
         self.stale_if_error = stale_if_error
+        self.zstd = zstd
+        """How shared entries are compressed (None: they hold the body as it is)."""
         self.early = min(self.ttl / 2, max(self.ttl * EARLY_SHARE, 2 * l1_ttl))
         """Seconds before a shared entry's freshness ends when a read refreshes it."""
         self._refreshing: dict[str, asyncio.Task[None]] = {}
@@ -290,7 +315,10 @@ class ResultCache:
         if isinstance(local, ReadyResult):
             found = local.stored
         elif local is None:
-            found = _decode(analysis_id, await self.cache.get_raw(analysis_id, NAMESPACE))[0]
+            shared = await _decode_off_loop(
+                analysis_id, await self.cache.get_raw(analysis_id, NAMESPACE)
+            )
+            found = None if shared is None else shared.found
         else:
             found = local
         return found.document() if isinstance(found, StoredResult) else None
@@ -421,8 +449,10 @@ class ResultCache:
         expired: StoredResult | Absent | None = None
         if not self._is_unsynced(analysis_id):
             raw, reached = await self.cache.lookup_raw(analysis_id, NAMESPACE)
-            found, fresh_until = _decode(analysis_id, raw)
-            if found is not None and self._current(found):
+            shared = await _decode_off_loop(analysis_id, raw)
+            found = None if shared is None else shared.found
+            if shared is not None and found is not None and self._current(found):
+                fresh_until = shared.fresh_until
                 left = math.inf if fresh_until is None else fresh_until - time.time()
                 if left > 0:
                     self._shared_hits += 1
@@ -430,7 +460,7 @@ class ResultCache:
                         self._refresh_soon(analysis_id, found)
                     ready = None
                     if self._flights.get(analysis_id) is me:
-                        ready = self._l1_set(analysis_id, found)
+                        ready = self._l1_set(analysis_id, found, shared.zstd)
                     return CachedRead(found, "shared", ready)
                 expired = found
         try:
@@ -510,8 +540,23 @@ class ResultCache:
         ``stale_if_error`` seconds longer (a result; an absence is not served stale)."""
         fresh = self._ttl_for(found, ttl)
         kept = fresh + self.stale_if_error if isinstance(found, StoredResult) else fresh
-        value = entry.encode(found, time.time() + fresh)
+        value = entry.encode(found, time.time() + fresh, await self._compressed(found))
         return await self.cache.set_if_newer(_id_of(found), value, NAMESPACE, kept, notice)
+
+    async def _compressed(self, found: StoredResult | Absent) -> tuple[int, bytes] | None:
+        """``(level, frame)``: the body as a shared entry holds it, or None to hold it as
+        it is (no compression set, a small body, or one that does not shrink)."""
+        zstd = self.zstd
+        if zstd is None or not isinstance(found, StoredResult):
+            return None
+        body = found.body
+        if len(body) < zstd.minimum_size:
+            return None
+        if len(body) < THREAD_MINIMUM_SIZE:
+            frame = compress(ZSTD, zstd.level, body)
+        else:
+            frame = await asyncio.to_thread(compress, ZSTD, zstd.level, body)
+        return (zstd.level, frame) if len(frame) < len(body) else None
 
     def _refresh_soon(self, analysis_id: str, found: StoredResult | Absent) -> None:
         """Refresh ``analysis_id``'s shared entry in the background, unless under way."""
@@ -565,8 +610,17 @@ class ResultCache:
     def _l1_get(self, analysis_id: str) -> ReadyResult | Absent | None:
         return None if self.l1 is None else self.l1.get(analysis_id)
 
-    def _l1_set(self, analysis_id: str, found: StoredResult | Absent) -> ReadyResult | None:
-        """Keep ``found`` in L1; the ReadyResult it became, if it is a result and was kept."""
+    def _l1_set(
+        self,
+        analysis_id: str,
+        found: StoredResult | Absent,
+        zstd: tuple[int, bytes] | None = None,
+    ) -> ReadyResult | None:
+        """Keep ``found`` in L1; the ReadyResult it became, if it is a result and was kept.
+
+        ``zstd``, the body as the shared entry held it, becomes the ``zstd``
+        representation when it was made at the level responses use.
+        """
         l1 = self.l1
         if l1 is None:
             return None
@@ -577,6 +631,8 @@ class ResultCache:
             l1.put(analysis_id, found, 0, ttl)
             return None
         ready = ReadyResult(found)
+        if zstd is not None and self.zstd is not None and zstd[0] == self.zstd.level:
+            ready.adopt(ZSTD, zstd[1])
         if not l1.put(analysis_id, ready, ready.size, ttl):
             return None
         ready.on_grow = lambda extra: l1.charge(analysis_id, ready, extra)
@@ -688,14 +744,19 @@ def _version(found: StoredResult | Absent) -> int:
     return found.version if isinstance(found, Absent) else found.meta.version
 
 
-def _decode(
-    analysis_id: str, raw: bytes | None
-) -> tuple[StoredResult | Absent | None, float | None]:
-    """The entry's content and the end of its freshness, or None for no entry (or one
-    this version cannot read)."""
+def _decode(analysis_id: str, raw: bytes | None) -> entry.Entry | None:
+    """What the entry holds, or None for no entry (or one this version cannot read)."""
     if raw is None:
-        return None, None
+        return None
     try:
-        return entry.decode_fresh(analysis_id, raw)
+        return entry.decode_entry(analysis_id, raw)
     except ValueError:
-        return None, None
+        return None
+
+
+async def _decode_off_loop(analysis_id: str, raw: bytes | None) -> entry.Entry | None:
+    """:func:`_decode`, in a worker thread when the entry is large enough that
+    decompressing it would hold up the event loop."""
+    if raw is not None and len(raw) >= THREAD_MINIMUM_SIZE // 8 and b" z" in raw[:100]:
+        return await asyncio.to_thread(_decode, analysis_id, raw)
+    return _decode(analysis_id, raw)
