@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,24 +28,36 @@ from service.errors import ServiceError
 from service.monitoring.performance import MonitoringMiddleware, PerformanceMonitor
 from service.wiring import running
 
+if TYPE_CHECKING:
+    from service.tracing import Tracing
+
 logger = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, hit_path: bool = True, monitoring: bool = True
+    settings: Settings | None = None,
+    *,
+    hit_path: bool = True,
+    monitoring: bool = True,
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """The service as an ASGI app; ``settings`` default to :meth:`Settings.from_environ`.
 
     ``hit_path=False`` sends every read through the framework: the reference that the
     hit path (:class:`~service.api.reads.HitPath`) is tested against, byte for byte.
     ``monitoring=False`` leaves the metrics layer out: the reference its cost is
-    measured against.
+    measured against. With OTEL_EXPORTER_OTLP_ENDPOINT set (or a started ``tracing``)
+    every request is traced (:mod:`service.tracing`); the app's shutdown ends it.
 
     Nothing is opened until the ASGI lifespan starts: then the pool is created, pending
     migrations are applied (``MIGRATE_ON_START``), the cache is opened and starts
     listening for other replicas' writes; on shutdown both are closed.
     """
     settings = settings or Settings.from_environ()
+    if tracing is None and settings.otel_exporter_otlp_endpoint:
+        from service.tracing import start_tracing
+
+        tracing = start_tracing(settings)
     compression = CompressionStats()
     monitor = PerformanceMonitor()
     monitor.watch_compression(compression)
@@ -53,7 +65,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with running(settings, monitor) as parts:
+        async with contextlib.AsyncExitStack() as stack:
+            if tracing is not None:
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+            parts = await stack.enter_async_context(running(settings, monitor))
             _freeze_what_start_up_made()
             yield {
                 "settings": parts.settings,
@@ -72,6 +87,8 @@ def create_app(
     # Outside Starlette's error middleware, so a hit pays for nothing it does not use;
     # an unhandled error still becomes the 500 that the monitoring layer counts.
     outer = []
+    if tracing is not None:
+        outer.append(Middleware(tracing.wrap))  # a span around everything, hits included
     if hit_path:
         # L1 hits of one result, answered before anything else runs: the same bytes as
         # the route, recorded in the same metrics series.

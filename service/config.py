@@ -93,6 +93,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     migrate_on_start: bool = True
+    otel_exporter_otlp_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         url = _database_url(self.database_url or f"sqlite:///{default_sqlite_path()}")
@@ -205,7 +206,7 @@ class Settings:
         return cls(**values)
 
 
-_SECRETS_AND_URLS = ("database_url", "redis_url", "admin_token")
+_SECRETS_AND_URLS = ("database_url", "redis_url", "admin_token", "otel_exporter_otlp_endpoint")
 """Read as given; an empty value means unset."""
 
 

@@ -22,9 +22,29 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:  # written inside a span (service.tracing)
+            entry["trace_id"] = trace_id
+            entry["span_id"] = getattr(record, "span_id", "")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``key=value`` text; a record written inside a span ends with its trace_id."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is None:
+            return text
+        head, newline, tail = text.partition("\n")  # before a traceback, if any
+        span_id = getattr(record, "span_id", "")
+        return f"{head} trace_id={trace_id} span_id={span_id}{newline}{tail}"
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
@@ -33,9 +53,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -90,10 +90,10 @@ async def settings(pg_url: str, redis_url: str) -> AsyncIterator[Settings]:
 
 @asynccontextmanager
 async def in_process(
-    settings: Settings, **options: bool
+    settings: Settings, *, monitoring: bool = True
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """An httpx client on ``create_app(settings, **options)``, started; and the app."""
-    app = create_app(settings, **options)
+    """An httpx client on ``create_app(settings)``, started; and the app."""
+    app = create_app(settings, monitoring=monitoring)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
