@@ -30,7 +30,15 @@ from service.config import Settings
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
-from tests.helpers import ADMIN_URL, REDIS_URL, ClientFactory, fresh_database, service_url
+from tests.helpers import (
+    ADMIN_URL,
+    REDIS_URL,
+    ClientFactory,
+    forget_prefix,
+    fresh_database,
+    service_url,
+    unique_prefix,
+)
 
 SERVER_FIXTURES = {"pg_admin_url": "postgres", "redis_url": "redis"}
 """Fixture name -> the marker of every test that uses it."""
@@ -104,6 +112,21 @@ async def store(database_url: str) -> AsyncIterator[ResultStore]:
     async with ConnectionPool(database_url) as pool:
         await upgrade(pool)
         yield ResultStore(pool)
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    """A cache key prefix of this test's own; its Redis keys are removed afterwards."""
+    name = unique_prefix()
+    yield name
+    await forget_prefix(name)
+
+
+@pytest.fixture
+async def pg_store(pool: ConnectionPool) -> ResultStore:
+    """A ResultStore on the PostgreSQL test database (migrated)."""
+    await upgrade(pool)
+    return ResultStore(pool)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from tests.helpers import (
     ClientFactory,
     assert_problem,
     closed_port,
-    forget_prefix,
     unique_id,
-    unique_prefix,
 )
 from tests.support.server import run_cli
 
@@ -32,14 +30,6 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    """A cache prefix of this test's own; its keys are removed afterwards."""
-    name = unique_prefix("adm")
-    yield name
-    await forget_prefix(name)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,22 +18,8 @@ from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
 from service.model import StoredResult
-from tests.helpers import ClientFactory, forget_prefix, unique_id, unique_prefix
+from tests.helpers import ClientFactory, forget_prefix, unique_id
 from tests.support.private_postgres import private_postgres
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = unique_prefix("life")
-    yield name
-    await forget_prefix(name)
-
-
-@pytest.fixture
-async def store(pool: ConnectionPool) -> ResultStore:
-    """A ResultStore on PostgreSQL: the cache's lifetime rules do not depend on the database."""
-    await upgrade(pool)
-    return ResultStore(pool)
 
 
 def counting(store: ResultStore) -> list[str]:
@@ -61,16 +46,16 @@ async def hammer(results: ResultCache, analysis_id: str, seconds: float) -> list
 
 @pytest.mark.parametrize("with_l1", [True, False], ids=["l1", "no-l1"])
 async def test_a_hot_key_never_misses_across_its_ttl(
-    store: ResultStore, redis_url: str, prefix: str, with_l1: bool
+    pg_store: ResultStore, redis_url: str, prefix: str, with_l1: bool
 ) -> None:
     """Under constant reads, across several TTLs: not one read waits on the database,
     and the database sees one query per refresh, nothing more."""
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
     l1: L1 | None = LocalCache(1 << 20) if with_l1 else None
     rid = unique_id("hot")
-    async with ResultCache(manager, store, ttl=2.0, l1=l1, l1_ttl=0.2) as results:
+    async with ResultCache(manager, pg_store, ttl=2.0, l1=l1, l1_ttl=0.2) as results:
         await results.put(rid, {"hot": True})
-        queries = counting(store)
+        queries = counting(pg_store)
         sources = await hammer(results, rid, 5.0)
         stats = results.stats()
     await manager.aclose()
@@ -82,10 +67,10 @@ async def test_a_hot_key_never_misses_across_its_ttl(
     assert queries == ["read"] * stats.refreshes
 
 
-async def test_ttls_are_jittered(store: ResultStore, redis_url: str, prefix: str) -> None:
+async def test_ttls_are_jittered(pg_store: ResultStore, redis_url: str, prefix: str) -> None:
     """Results written together do not all expire together."""
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    async with ResultCache(manager, store, ttl=1000.0) as results:
+    async with ResultCache(manager, pg_store, ttl=1000.0) as results:
         ids = [unique_id("jit") for _ in range(20)]
         for rid in ids:
             await results.put(rid, {"a": 1})
@@ -97,12 +82,12 @@ async def test_ttls_are_jittered(store: ResultStore, redis_url: str, prefix: str
 
 
 async def test_an_entry_outlives_its_freshness_only_with_stale_if_error(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
     client = manager.backend.client  # type: ignore[attr-defined]
     for stale_if_error, kept in ((0.0, 100_000), (50.0, 150_000)):
-        async with ResultCache(manager, store, ttl=100.0, stale_if_error=stale_if_error) as rc:
+        async with ResultCache(manager, pg_store, ttl=100.0, stale_if_error=stale_if_error) as rc:
             rid = unique_id("keep")
             await rc.put(rid, {"a": 1})
             ttl = await client.pttl(f"{prefix}:{NAMESPACE}:{rid}")
@@ -153,12 +138,12 @@ async def test_a_database_outage_is_bridged_by_stale_entries(
 
 
 async def test_a_refresh_never_puts_back_an_older_version(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     """A refresh reads version N; a write of N+1 lands before the refresh writes: the
     shared tier keeps N+1 (same compare-and-set as every fill)."""
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    async with ResultCache(manager, store, ttl=100.0) as results:
+    async with ResultCache(manager, pg_store, ttl=100.0) as results:
         rid = unique_id("race")
         first = await results.put(rid, {"v": 1})
         await results.put(rid, {"v": 2})

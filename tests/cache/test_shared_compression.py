@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import orjson
 import pytest
@@ -19,11 +20,9 @@ from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.result_cache import NAMESPACE, CachedRead, ResultCache, SharedZstd
 from service.core.codings import ZSTD, compress
-from service.db.migrations import upgrade
-from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
 from service.model import StoredResult
-from tests.helpers import ClientFactory, forget_prefix, unique_id, unique_prefix
+from tests.helpers import ClientFactory, forget_prefix, unique_id
 
 
 def analysis(size: int) -> dict[str, object]:
@@ -36,19 +35,6 @@ def analysis(size: int) -> dict[str, object]:
     return doc
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = unique_prefix("zs")
-    yield name
-    await forget_prefix(name)
-
-
-@pytest.fixture
-async def store(pool: ConnectionPool) -> ResultStore:
-    await upgrade(pool)
-    return ResultStore(pool)
-
-
 async def memory_usage(redis_url: str, key: str) -> int:
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -57,6 +43,23 @@ async def memory_usage(redis_url: str, key: str) -> int:
         await client.aclose()
     assert used is not None, key
     return int(used)
+
+
+@asynccontextmanager
+async def replicas(
+    store: ResultStore, redis_url: str, prefix: str, zstd_a: SharedZstd, zstd_b: SharedZstd
+) -> AsyncIterator[tuple[ResultCache, ResultCache]]:
+    """Two replicas on one Redis and one store, each with its own L1."""
+    managers = [CacheManager(RedisBackend(redis_url), prefix=prefix) for _ in "ab"]
+    try:
+        async with (
+            ResultCache(managers[0], store, l1=LocalCache(1 << 24), zstd=zstd_a) as a,
+            ResultCache(managers[1], store, l1=LocalCache(1 << 24), zstd=zstd_b) as b,
+        ):
+            yield a, b
+    finally:
+        for manager in managers:
+            await manager.aclose()
 
 
 async def first_kept_read(results: ResultCache, analysis_id: str) -> CachedRead:
@@ -71,13 +74,13 @@ async def first_kept_read(results: ResultCache, analysis_id: str) -> CachedRead:
 
 
 async def test_redis_holds_a_quarter_of_the_bytes_or_less(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     """A 22 KB result: MEMORY USAGE of its key, stored as is and compressed."""
     used: dict[str, int] = {}
     for name, zstd in (("plain", None), ("zstd", SharedZstd())):
         manager = CacheManager(RedisBackend(redis_url), prefix=f"{prefix}{name}")
-        async with ResultCache(manager, store, zstd=zstd) as results:
+        async with ResultCache(manager, pg_store, zstd=zstd) as results:
             rid = unique_id("mem")
             await results.put(rid, analysis(22_000))
             used[name] = await memory_usage(redis_url, f"{prefix}{name}:{NAMESPACE}:{rid}")
@@ -88,66 +91,49 @@ async def test_redis_holds_a_quarter_of_the_bytes_or_less(
 
 
 async def test_a_second_replica_sends_the_stored_zstd_bytes_at_once(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     """Replica B never saw the result: its first read has the zstd representation, the
     very frame replica A stored, and the identity body, without compressing."""
-    manager_a = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    manager_b = CacheManager(RedisBackend(redis_url), prefix=prefix)
     rid = unique_id("rep")
-    try:
-        async with (
-            ResultCache(manager_a, store, l1=LocalCache(1 << 24)) as a,
-            ResultCache(manager_b, store, l1=LocalCache(1 << 24)) as b,
-        ):
-            written = await a.put(rid, analysis(22_000))
-            read = await first_kept_read(b, rid)
-            assert read.source == "shared"
-            assert read.ready is not None
-            representation = read.ready.get(ZSTD)
-            assert representation is not None, "the zstd bytes came with the entry"
-            assert representation.etag == '"1-zstd"'
-            assert representation.body == compress(ZSTD, SharedZstd().level, written.body)
-            assert zstandard.ZstdDecompressor().decompress(representation.body) == written.body
-            assert read.found == StoredResult(written.meta, written.body)
-            # The SDK's own reads decompress too.
-            assert await b.get_analysis_result(rid) == orjson.loads(written.body)
-    finally:
-        await manager_a.aclose()
-        await manager_b.aclose()
+    async with replicas(pg_store, redis_url, prefix, SharedZstd(), SharedZstd()) as (a, b):
+        written = await a.put(rid, analysis(22_000))
+        read = await first_kept_read(b, rid)
+        assert read.source == "shared"
+        assert read.ready is not None
+        representation = read.ready.get(ZSTD)
+        assert representation is not None, "the zstd bytes came with the entry"
+        assert representation.etag == '"1-zstd"'
+        assert representation.body == compress(ZSTD, SharedZstd().level, written.body)
+        assert zstandard.ZstdDecompressor().decompress(representation.body) == written.body
+        assert read.found == StoredResult(written.meta, written.body)
+        # The SDK's own reads decompress too.
+        assert await b.get_analysis_result(rid) == orjson.loads(written.body)
 
 
 async def test_a_replica_at_another_level_makes_its_own_zstd(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     """One tag, one byte sequence: bytes stored at level 3 are not passed off as level 9's."""
-    manager_a = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    manager_b = CacheManager(RedisBackend(redis_url), prefix=prefix)
     rid = unique_id("lvl")
-    try:
-        async with (
-            ResultCache(manager_a, store, zstd=SharedZstd(level=3)) as a,
-            ResultCache(manager_b, store, l1=LocalCache(1 << 24), zstd=SharedZstd(level=9)) as b,
-        ):
-            await a.put(rid, analysis(22_000))
-            read = await first_kept_read(b, rid)
-            assert read.source == "shared"
-            assert read.ready is not None
-            assert read.ready.get(ZSTD) is None
-            made = await read.ready.make(ZSTD, 9, 500)
-            assert made.body == compress(ZSTD, 9, read.ready.stored.body)
-    finally:
-        await manager_a.aclose()
-        await manager_b.aclose()
+    three, nine = SharedZstd(level=3), SharedZstd(level=9)
+    async with replicas(pg_store, redis_url, prefix, three, nine) as (a, b):
+        await a.put(rid, analysis(22_000))
+        read = await first_kept_read(b, rid)
+        assert read.source == "shared"
+        assert read.ready is not None
+        assert read.ready.get(ZSTD) is None
+        made = await read.ready.make(ZSTD, 9, 500)
+        assert made.body == compress(ZSTD, 9, read.ready.stored.body)
 
 
 async def test_small_or_incompressible_bodies_are_stored_as_they_are(
-    store: ResultStore, redis_url: str, prefix: str
+    pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
     client = aioredis.Redis.from_url(redis_url)
     try:
-        async with ResultCache(manager, store, zstd=SharedZstd(minimum_size=500)) as results:
+        async with ResultCache(manager, pg_store, zstd=SharedZstd(minimum_size=500)) as results:
             small = unique_id("small")
             await results.put(small, {"a": 1})
             raw = await client.get(f"{prefix}:{NAMESPACE}:{small}")
@@ -169,15 +155,15 @@ async def test_small_or_incompressible_bodies_are_stored_as_they_are(
     ids=["not-zstd", "truncated", "unknown-coding"],
 )
 async def test_an_entry_that_cannot_be_read_is_a_miss(
-    store: ResultStore, redis_url: str, prefix: str, junk: bytes
+    pg_store: ResultStore, redis_url: str, prefix: str, junk: bytes
 ) -> None:
     """A corrupt compressed entry is never served: the read goes to the database."""
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
     client = aioredis.Redis.from_url(redis_url)
     rid = unique_id("junk")
     try:
-        async with ResultCache(manager, store) as results:
-            await store.put(rid, {"real": True})
+        async with ResultCache(manager, pg_store) as results:
+            await pg_store.put(rid, {"real": True})
             await client.set(f"{prefix}:{NAMESPACE}:{rid}", junk)
             read = await results.get(rid)
             assert read.source == "database"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, cast
 
 import pytest
@@ -21,7 +21,6 @@ from schemathesis.python import asgi
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import forget_prefix, unique_prefix
 
 P = ParamSpec("P")
 Case = schemathesis.Case[Any]
@@ -68,14 +67,6 @@ CONFIG: dict[str, Any] = {
         },
     ],
 }
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    """A cache prefix of this test's own; its Redis keys are removed afterwards."""
-    name = unique_prefix("st")
-    yield name
-    await forget_prefix(name)
 
 
 @pytest.fixture

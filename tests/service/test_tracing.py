@@ -8,11 +8,9 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from asgi_lifespan import LifespanManager
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -27,14 +25,7 @@ from service.app import create_app
 from service.config import Settings
 from service.logs import JSONFormatter, TextFormatter
 from service.tracing import start_tracing
-from tests.helpers import forget_prefix, serving, unique_id, unique_prefix
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = unique_prefix("otel")
-    yield name
-    await forget_prefix(name)
+from tests.helpers import serving, unique_id
 
 
 def test_nothing_of_tracing_is_loaded_when_it_is_off() -> None:
