@@ -158,6 +158,29 @@ class QueryOptimizer:
         or :class:`MaintenanceRunning`. A table whose lock is not granted within
         ``lock_timeout`` is skipped, and the run goes on with the next one.
         """
+        run = await self._maintain(operation, tables, analyze, None)
+        assert run is not None  # only a run with unless_within is ever left out
+        return run
+
+    async def maintain_unless_done_within(
+        self, operation: str, seconds: float
+    ) -> MaintenanceRun | None:
+        """:meth:`maintain` of every table, unless every table had ``operation`` (by
+        anyone: another replica, an operator) in the last ``seconds``, as PostgreSQL's
+        own statistics record it; then nothing runs and None is returned.
+
+        It is decided while holding the maintenance lock, so replicas that maintain on
+        the same schedule do it once per interval between them, not once each.
+        """
+        return await self._maintain(operation, None, True, seconds)
+
+    async def _maintain(
+        self,
+        operation: str,
+        tables: Iterable[str] | None,
+        analyze: bool,
+        unless_within: float | None,
+    ) -> MaintenanceRun | None:
         if operation not in OPERATIONS:
             raise InvalidOperation(f"operation must be one of {', '.join(OPERATIONS)}")
         wanted = None if tables is None else list(tables)
@@ -167,6 +190,10 @@ class QueryOptimizer:
         started = time.perf_counter()
         async with self._exclusive() as conn:
             qualified = await self._resolve(conn, wanted)
+            if unless_within is not None and await self._done_within(
+                conn, operation, qualified, unless_within
+            ):
+                return None
             runs = [
                 await self._run_one(conn, table, statement)
                 for table, statement in _statements(
@@ -190,6 +217,16 @@ class QueryOptimizer:
             sum(r.outcome != "done" for r in runs),
         )
         return run
+
+    async def _done_within(
+        self, conn: AsyncConnection, operation: str, tables: list[str], seconds: float
+    ) -> bool:
+        """Whether every one of ``tables`` had ``operation`` in the last ``seconds``
+        (PostgreSQL only: SQLite keeps no such record, and has no replicas)."""
+        if self.pool.dialect != "postgresql" or not tables:
+            return False
+        statement = _DONE_WITHIN["vacuum" if operation == "vacuum" else "analyze"]
+        return bool(await conn.scalar(statement, {"s": seconds, "t": tables}))
 
     async def tables(self) -> list[str]:
         """The database's own tables, schema-qualified and quoted as SQL needs them."""
@@ -337,16 +374,31 @@ async def maintain_periodically(optimizer: QueryOptimizer, operation: str, inter
 
     A run that finds another replica maintaining, or the database away, is logged and
     skipped: the next interval tries again. Replicas started together would all try at
-    once; the advisory lock lets one through and the rest skip.
+    once; the advisory lock lets one through and the rest skip; one that comes later in
+    the same interval finds the tables maintained and skips too.
     """
     while True:
         await asyncio.sleep(interval)
         try:
-            await optimizer.maintain(operation)
+            # Not when another replica (or anyone) did it this interval.
+            await optimizer.maintain_unless_done_within(operation, interval * 0.9)
         except MaintenanceRunning:
             logger.info("periodic maintenance skipped: another caller is maintaining")
         except (ServiceError, DBAPIError) as exc:
             logger.warning("periodic maintenance failed: %s", type(exc).__name__)
+
+
+_DONE_WITHIN = {
+    "analyze": text(
+        "SELECT count(*) FILTER (WHERE last_analyze > now() - make_interval(secs => :s))"
+        " = count(*) FROM pg_stat_all_tables WHERE relid = ANY(CAST(:t AS regclass[]))"
+    ),
+    "vacuum": text(
+        "SELECT count(*) FILTER (WHERE last_vacuum > now() - make_interval(secs => :s))"
+        " = count(*) FROM pg_stat_all_tables WHERE relid = ANY(CAST(:t AS regclass[]))"
+    ),
+}
+"""Whether every given table had the operation in the last ``:s`` seconds."""
 
 
 def _statements(

@@ -539,3 +539,34 @@ async def test_apply_refuses_a_finding_without_applicable_ddl(
         await QueryOptimizer(db_pool).apply(finding)
 
     assert await db.fetchval("SELECT count(*) FROM t") == 1
+
+
+async def test_replicas_on_one_schedule_maintain_once_per_interval(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    """Three replicas' periodic runs in one interval: the first analyzes, the others
+    find every table analyzed within the interval (PostgreSQL's own record) and skip;
+    once the interval has passed, the next run analyzes again."""
+    await db.execute("CREATE TABLE t (id int)")
+    replicas = [QueryOptimizer(db_pool) for _ in range(3)]
+    runs = [await optimizer.maintain_unless_done_within("analyze", 2.0) for optimizer in replicas]
+    assert [run is not None for run in runs] == [True, False, False]
+    first = await wait_for_stat(db, "public.t", "last_analyze")
+    await asyncio.sleep(2.1)
+    again = await replicas[1].maintain_unless_done_within("analyze", 2.0)
+    assert again is not None
+    assert outcomes(again) == [("public.t", "done")]
+    assert (await stat(db, "public.t", "last_analyze") or first) > first
+
+
+async def test_an_operator_s_vacuum_counts_for_the_schedule_but_not_an_analyze(
+    db: Database, db_pool: ConnectionPool
+) -> None:
+    await db.execute("CREATE TABLE t (id int)")
+    optimizer = QueryOptimizer(db_pool)
+    await db.execute("ANALYZE t")
+    await wait_for_stat(db, "public.t", "last_analyze")
+    assert await optimizer.maintain_unless_done_within("analyze", 60.0) is None
+    vacuumed = await optimizer.maintain_unless_done_within("vacuum", 60.0)
+    assert vacuumed is not None
+    assert outcomes(vacuumed) == [("public.t", "done")]
