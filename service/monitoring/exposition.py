@@ -53,6 +53,7 @@ class MetricsListener:
             return
         try:
             status, headers, body = self._answer(head[:MAX_REQUEST_HEAD])
+            headers["Cache-Control"] = "no-store"  # as every answer but a result read
             lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
             writer.write("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
             with contextlib.suppress(OSError):

@@ -614,6 +614,7 @@ async def test_metrics_port_moves_metrics_off_the_api_port(pg_url: str) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as scraper:
             response = await scraper.get("/metrics", headers=IDENTITY)
         assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
         samples = parse(response.text)
         # Same monitor as the API's: it saw the API's requests, including the 404 /metrics.
         assert (
