@@ -84,7 +84,12 @@ def answer(
     stats: CompressionStats | None,
 ) -> tuple[int, Headers, bytes]:
     """Status, raw headers and body of the response to a read of ``representation``;
-    the headers end with ``tail`` (what the policy and the answering tier add)."""
+    the headers end with ``tail`` (what the policy and the answering tier add).
+
+    The headers are always a new list: middleware may edit a response's headers in
+    place (Starlette's GZipMiddleware does), and must never edit the blocks that every
+    later response shares.
+    """
     settled = ready.settled(time())
     if ready.not_modified(
         representation, request.if_none_match, request.if_modified_since, settled
