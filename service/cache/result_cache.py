@@ -473,12 +473,13 @@ class ResultCache:
         self._loads += 1
         ready = None
         if self._flights.get(analysis_id) is me:  # no write has ended this flight
+            frame = await self._compressed(found)
             if reached:
                 # Not when the lookup just failed: a second timeout would only add to
                 # this read's wait, and the entry is filled by a later read anyway.
-                await self._fill(found)
+                await self._fill(found, frame=frame)
             if self._flights.get(analysis_id) is me:
-                ready = self._l1_set(analysis_id, found)
+                ready = self._l1_set(analysis_id, found, frame)
         return CachedRead(found, "database", ready)
 
     def _land(self, analysis_id: str, flight: asyncio.Task[CachedRead]) -> None:
@@ -535,12 +536,17 @@ class ResultCache:
         found: StoredResult | Absent,
         ttl: float | None = None,
         notice: Notice | None = None,
+        *,
+        frame: tuple[int, bytes] | Literal[False] | None = False,
     ) -> bool | None:
         """Compare-and-set ``found`` into the shared tier: fresh for its TTL, kept
-        ``stale_if_error`` seconds longer (a result; an absence is not served stale)."""
+        ``stale_if_error`` seconds longer (a result; an absence is not served stale).
+        ``frame`` is what :meth:`_compressed` gave, if the caller has it already."""
         fresh = self._ttl_for(found, ttl)
         kept = fresh + self.stale_if_error if isinstance(found, StoredResult) else fresh
-        value = entry.encode(found, time.time() + fresh, await self._compressed(found))
+        if frame is False:
+            frame = await self._compressed(found)
+        value = entry.encode(found, time.time() + fresh, frame)
         return await self.cache.set_if_newer(_id_of(found), value, NAMESPACE, kept, notice)
 
     async def _compressed(self, found: StoredResult | Absent) -> tuple[int, bytes] | None:

@@ -193,3 +193,23 @@ async def test_a_second_replica_answers_zstd_from_its_first_request(
     # The same frame: the same length on the wire, the same document decoded.
     assert first_a.headers["content-length"] == first_b.headers["content-length"]
     assert first_a.content == first_b.content
+
+
+async def test_a_read_from_the_database_keeps_the_frame_it_stored(
+    pg_store: ResultStore, redis_url: str, prefix: str
+) -> None:
+    """The replica that fills the shared entry compresses the body once, for Redis and
+    for its own zstd representation alike."""
+    manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
+    rid = unique_id("fill")
+    try:
+        async with ResultCache(manager, pg_store, l1=LocalCache(1 << 24)) as results:
+            written = await pg_store.put(rid, analysis(22_000))  # not through the cache
+            read = await results.get(rid)
+            assert read.source == "database"
+            assert read.ready is not None
+            representation = read.ready.get(ZSTD)
+            assert representation is not None
+            assert representation.body == compress(ZSTD, SharedZstd().level, written.body)
+    finally:
+        await manager.aclose()
