@@ -21,6 +21,7 @@ from service.cache.manager import CacheManager
 from service.cache.result_cache import NAMESPACE, CachedRead, ResultCache, SharedZstd
 from service.core.codings import ZSTD, compress
 from service.db.result_store import ResultStore
+from service.errors import InvalidArgument
 from service.model import StoredResult
 from tests.helpers import ClientFactory, forget_prefix, unique_id
 
@@ -213,3 +214,12 @@ async def test_a_read_from_the_database_keeps_the_frame_it_stored(
             assert representation.body == compress(ZSTD, SharedZstd().level, written.body)
     finally:
         await manager.aclose()
+
+
+def test_shared_compression_and_stale_serving_refuse_bad_arguments() -> None:
+    with pytest.raises(InvalidArgument, match="zstd level"):
+        SharedZstd(level=22)
+    with pytest.raises(InvalidArgument):
+        SharedZstd(minimum_size=-1)
+    with pytest.raises(InvalidArgument, match="stale_if_error"):
+        ResultCache(stale_if_error=-1)

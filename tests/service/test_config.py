@@ -102,6 +102,20 @@ def test_maintenance_settings_are_read_and_checked() -> None:
         assert str(caught.value).startswith(f"{variable}: ")
 
 
+def test_http_caching_settings_refuse_what_cannot_be_a_lifetime() -> None:
+    for variable, value in [
+        ("HTTP_MAX_AGE", "-1"),
+        ("HTTP_S_MAXAGE", "-5"),
+        ("HTTP_STALE_WHILE_REVALIDATE", "soon"),
+        ("STALE_IF_ERROR", "1.5"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_environ({variable: value}, env_file=None)
+        assert caught.value.variable == variable
+    # An empty endpoint means tracing off, like every other empty URL.
+    assert Settings.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, env_file=None) == Settings()
+
+
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("DB_POOL_SIZE=7\nRESULT_TTL=99\n")
