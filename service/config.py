@@ -20,6 +20,7 @@ from starlette.config import Config
 
 from service import defaults
 from service.core.codings import BR, CODINGS, DEFAULT_LEVELS, GZIP, ZSTD, check_level
+from service.db.pgbouncer import split_pooler
 from service.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -256,7 +257,12 @@ def _database_url(raw: str) -> URL:
             "DATABASE_URL",
             f"unsupported scheme {url.drivername!r}; use postgresql+asyncpg:// or sqlite+aiosqlite://",
         )
-    return url.set(drivername=driver)
+    url = url.set(drivername=driver)
+    try:
+        split_pooler(url)
+    except ValueError as exc:
+        raise ConfigurationError("DATABASE_URL", str(exc)) from None
+    return url
 
 
 _READERS: dict[str, Callable[[str], object]] = {

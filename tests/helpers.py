@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import brotli
@@ -99,8 +100,37 @@ async def fresh_database(prefix: str, admin_dsn: str = ADMIN_URL) -> AsyncIterat
 
 
 def service_url(dsn: str) -> str:
-    """The SQLAlchemy URL (asyncpg driver) of a libpq DSN."""
-    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    """The SQLAlchemy URL (asyncpg driver) of a libpq DSN.
+
+    With TEST_PGBOUNCER_PORT set (``tests/db/test_pgbouncer.py`` runs suites that way), a
+    database on the TEST_POSTGRES_URL server is reached through the PgBouncer on that
+    port, in transaction mode (``?pgbouncer=true``); the tests' own side connections
+    (``Database.connect``) still go straight to the server.
+    """
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    bouncer = os.environ.get("TEST_PGBOUNCER_PORT")
+    server = urlsplit(ADMIN_URL)
+    parts = urlsplit(url)
+    if not bouncer or (parts.hostname, parts.port) != (server.hostname, server.port or 5432):
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    auth = f"{netloc[0]}@" if len(netloc) == 2 else ""
+    query = f"{parts.query}&pgbouncer=true" if parts.query else "pgbouncer=true"
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{bouncer}", query=query))
+
+
+def side_dsn(url: str) -> str:
+    """The libpq DSN of a service URL's database, straight to its server (never through
+    the PgBouncer that :func:`service_url` may put in between): for a test's own
+    connections that look at, lock or kill what the service does."""
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    if "pgbouncer=true" not in parts.query:
+        return urlunsplit(parts)
+    server = urlsplit(ADMIN_URL)
+    netloc = parts.netloc.rsplit("@", 1)
+    auth = f"{netloc[0]}@" if len(netloc) == 2 else ""
+    query = "&".join(p for p in parts.query.split("&") if p != "pgbouncer=true")
+    return urlunsplit(parts._replace(netloc=auth + server.netloc.rsplit("@", 1)[-1], query=query))
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,20 @@ def create_engine(
     connect_timeout: float,
     statement_timeout: float,
     application_name: str,
+    transaction_pooler: bool = False,
     **pool: Any,
 ) -> AsyncEngine:
+    """The AsyncEngine for ``url``, autocommit by default.
+
+    ``transaction_pooler``: the URL leads to PgBouncer in transaction mode, where each
+    transaction (each statement, in autocommit) may run on another server connection.
+    Then no statement is prepared under a name (asyncpg's and SQLAlchemy's statement
+    caches are off: a name prepared on one server connection is unknown on the next;
+    asyncpg's unnamed statement stays on one connection, as its Parse and Bind travel
+    before one Sync), and ``statement_timeout``, which PgBouncer refuses as a startup
+    parameter, is enforced by asyncpg: a statement that runs longer is cancelled with a
+    cancel request, which PgBouncer forwards to the server connection running it.
+    """
     connect_args: dict[str, Any]
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -37,9 +49,14 @@ def create_engine(
         connect_args = {"timeout": max(connect_timeout, statement_timeout)}
     else:
         server_settings = {"application_name": application_name}
-        if statement_timeout:
-            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
         connect_args = {"timeout": connect_timeout, "server_settings": server_settings}
+        if transaction_pooler:
+            connect_args["statement_cache_size"] = 0
+            connect_args["prepared_statement_cache_size"] = 0
+            if statement_timeout:
+                connect_args["command_timeout"] = statement_timeout
+        elif statement_timeout:
+            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
     engine = create_async_engine(
         url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
     )

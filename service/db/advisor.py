@@ -25,7 +25,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.diagnostics import Rows, Thresholds, has_extension, rows, slow_query_rows
+from service.db.diagnostics import (
+    Rows,
+    Thresholds,
+    has_extension,
+    pinned,
+    rows,
+    slow_query_rows,
+)
 from service.db.report import Check, Finding
 
 logger = logging.getLogger(__name__)
@@ -99,13 +106,24 @@ async def suggest(conn: AsyncConnection, query: str) -> Suggestion | None:
         return None  # only reads: their plans are what indexes change, safely
     placeholders = max((int(n) for n in _PLACEHOLDER.findall(stripped)), default=0)
     try:
-        await conn.execute(text("SELECT hypopg_reset()"))
-        await conn.exec_driver_sql(f"PREPARE {_STATEMENT} AS {stripped}")
+        # One transaction: the prepared statement, the plan setting and the hypothetical
+        # indexes are the session's, and behind PgBouncer only a transaction keeps one.
+        async with pinned(conn):
+            return await _best_index(conn, stripped, placeholders)
     except DBAPIError as exc:
         logger.debug("cannot plan a slow query: %s", str(exc.orig).splitlines()[0])
         return None
+
+
+async def _best_index(conn: AsyncConnection, query: str, placeholders: int) -> Suggestion | None:
+    """:func:`suggest`'s work, inside its transaction. A prepared statement outlives a
+    rollback, so it is deallocated whatever happens; the hypothetical indexes go with
+    ``hypopg_reset()`` (they too are the session's, not the transaction's)."""
+    await conn.execute(text("SELECT hypopg_reset()"))
+    await conn.exec_driver_sql(f"PREPARE {_STATEMENT} AS {query}")
+    await conn.exec_driver_sql("SAVEPOINT planning")
     try:
-        await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
         args = f"({', '.join(['NULL'] * placeholders)})" if placeholders else ""
         explain = f"EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {_STATEMENT}{args}"  # names schemas
 
@@ -128,16 +146,16 @@ async def suggest(conn: AsyncConnection, query: str) -> Suggestion | None:
             await conn.execute(text("SELECT hypopg_reset()"))
             if best is None or after < best.cost_after:
                 best = Suggestion(table, columns, before, after)
-        if best is not None and best.cost_after <= before * (1 - MIN_SAVINGS):
-            return best
-        return None
-    except DBAPIError as exc:
-        logger.debug("cannot plan a slow query: %s", str(exc.orig).splitlines()[0])
-        return None
+        await conn.exec_driver_sql("RELEASE SAVEPOINT planning")
+    except BaseException:
+        await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT planning")
+        raise
     finally:
         await conn.exec_driver_sql(f"DEALLOCATE {_STATEMENT}")
-        await conn.exec_driver_sql("RESET plan_cache_mode")
         await conn.execute(text("SELECT hypopg_reset()"))
+    if best is not None and best.cost_after <= before * (1 - MIN_SAVINGS):
+        return best
+    return None
 
 
 async def _candidates(

@@ -13,7 +13,9 @@ report never hangs on the very lock its blocked_queries check is there to show.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +66,35 @@ async def rows(conn: AsyncConnection, sql: str, **params: Any) -> Rows:
     return [dict(row) for row in result.mappings()]
 
 
+@contextlib.asynccontextmanager
+async def pinned(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A transaction on an autocommit connection, for statements that share session
+    state (a ``SET LOCAL``, a prepared statement, hypopg's hypothetical indexes).
+
+    Behind PgBouncer in transaction mode only a transaction keeps one server
+    connection; directly on PostgreSQL it also scopes the settings, so nothing needs
+    resetting. A transaction that cannot be rolled back takes its connection out of
+    the pool rather than hand it on still open.
+    """
+    await conn.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        try:
+            await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+        raise
+    await conn.exec_driver_sql("COMMIT")
+
+
 async def rows_or_locked(conn: AsyncConnection, sql: str, **params: Any) -> Rows | str:
     """:func:`rows`, or why not if a lock it needs was not granted within LOCK_WAIT_MS."""
-    await conn.exec_driver_sql(f"SET lock_timeout = {LOCK_WAIT_MS}")
     try:
-        return await rows(conn, sql, **params)
+        async with pinned(conn):
+            await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
+            return await rows(conn, sql, **params)
     except DBAPIError as exc:
         if sqlstate(exc) != _LOCK_NOT_AVAILABLE:
             raise
@@ -76,8 +102,6 @@ async def rows_or_locked(conn: AsyncConnection, sql: str, **params: Any) -> Rows
             f"skipped: a lock on an index or its table was not granted within"
             f" {LOCK_WAIT_MS / 1000:g} s (see blocked_queries); run the report again later"
         )
-    finally:
-        await conn.exec_driver_sql("RESET lock_timeout")
 
 
 async def unused_indexes(conn: AsyncConnection, limits: Thresholds) -> Check:

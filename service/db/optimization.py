@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -245,7 +246,7 @@ class QueryOptimizer:
             raise OptimizerError(f"nothing to apply for {finding.subject}")
         async with self._exclusive() as conn:
             started = time.perf_counter()
-            await conn.exec_driver_sql(ddl.rstrip(";"))
+            await self._execute(conn, ddl.rstrip(";"))
             return time.perf_counter() - started
 
     # Diagnostics.
@@ -282,7 +283,15 @@ class QueryOptimizer:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection, held while no one else maintains this database."""
+        """An autocommit connection, held while no one else maintains this database.
+
+        Directly on PostgreSQL, the advisory lock and the timeouts belong to that
+        connection's session. Behind PgBouncer in transaction mode a session outlives
+        no statement: the lock is transaction-scoped instead, taken in a transaction
+        that a second connection keeps open until the run ends (idle, with no snapshot,
+        so it holds back no VACUUM), and each statement carries its own timeouts
+        (:meth:`_execute`).
+        """
         if self.pool.dialect == "sqlite":
             lock = self._local_locks.setdefault(self.pool.safe_url, asyncio.Lock())
             if lock.locked():
@@ -290,23 +299,43 @@ class QueryOptimizer:
             async with lock, self.pool.connection() as conn:
                 yield conn
             return
+        if self.pool.behind_pgbouncer:
+            async with self.pool.transaction() as holder:
+                await _lock_or_refuse(holder, "pg_try_advisory_xact_lock")
+                async with self.pool.connection() as conn:
+                    yield conn
+            return
         async with self.pool.connection() as conn:
-            got = await conn.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-            )
-            if not got:
-                raise MaintenanceRunning(
-                    "maintenance is already running on this database (another caller or"
-                    " replica holds its advisory lock); try again when it ends"
-                )
+            await _lock_or_refuse(conn, "pg_try_advisory_lock")
             try:
-                await conn.exec_driver_sql(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
-                await conn.exec_driver_sql(
-                    f"SET statement_timeout = {int(self.statement_timeout * 1000)}"
-                )
+                await conn.exec_driver_sql(f"SET lock_timeout = {_ms(self.lock_timeout)}")
+                await conn.exec_driver_sql(f"SET statement_timeout = {_ms(self.statement_timeout)}")
                 yield conn
             finally:
                 await _unlock_or_discard(conn)
+
+    async def _execute(self, conn: AsyncConnection, statement: str) -> None:
+        """Run one maintenance statement under ``lock_timeout`` and ``statement_timeout``.
+
+        Behind PgBouncer they cannot be session settings. ANALYZE goes with its own
+        ``SET LOCAL`` in one query string (an implicit transaction, one server
+        connection). VACUUM and the concurrent index builds cannot run in a transaction
+        at all: asyncpg cancels them after ``statement_timeout``, and a lock they wait
+        for counts against that.
+        """
+        if not self.pool.behind_pgbouncer:
+            await conn.exec_driver_sql(statement)
+            return
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        if statement.startswith("ANALYZE "):
+            await driver.execute(
+                f"SET LOCAL lock_timeout = {_ms(self.lock_timeout)};"
+                f" SET LOCAL statement_timeout = {_ms(self.statement_timeout)}; {statement}",
+                timeout=self.statement_timeout + _CANCEL_GRACE,
+            )
+        else:
+            await driver.execute(statement, timeout=self.statement_timeout)
 
     async def _resolve(self, conn: AsyncConnection, wanted: list[str] | None) -> list[str]:
         if self.pool.dialect == "sqlite":
@@ -350,9 +379,9 @@ class QueryOptimizer:
     async def _run_one(self, conn: AsyncConnection, table: str, statement: str) -> TableRun:
         started = time.perf_counter()
         try:
-            await conn.exec_driver_sql(statement)
-        except DBAPIError as exc:
-            state = sqlstate(exc)
+            await self._execute(conn, statement)
+        except (DBAPIError, asyncpg.PostgresError, TimeoutError) as exc:
+            state = _QUERY_CANCELED if isinstance(exc, TimeoutError) else sqlstate(exc)
             if state not in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED, *_GONE):
                 raise
             outcome: Literal["skipped", "timed out"] = (
@@ -418,6 +447,25 @@ def _statements(
     return [
         (table, f"VACUUM (ANALYZE) {table}" if analyze else f"VACUUM {table}") for table in tables
     ]
+
+
+_CANCEL_GRACE = 5.0
+"""Seconds asyncpg waits past a server-side ``statement_timeout`` before cancelling."""
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+async def _lock_or_refuse(conn: AsyncConnection, function: str) -> None:
+    """Take the maintenance lock with ``function`` (session or transaction scope), or
+    raise :class:`MaintenanceRunning` at once."""
+    got = await conn.scalar(text(f"SELECT {function}(:key)"), {"key": ADVISORY_LOCK_KEY})
+    if not got:
+        raise MaintenanceRunning(
+            "maintenance is already running on this database (another caller or"
+            " replica holds its advisory lock); try again when it ends"
+        )
 
 
 async def _unlock_or_discard(conn: AsyncConnection) -> None:

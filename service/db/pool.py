@@ -36,7 +36,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from service import defaults
 from service.db._engine import check_liveness_on_checkout, create_engine
-from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
+from service.db.pgbouncer import split_pooler
+from service.errors import ClosedError, DatabaseUnavailable, InvalidArgument, PoolExhausted
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,14 @@ class ConnectionPool:
         statement_timeout: float = defaults.DB_STATEMENT_TIMEOUT,
         application_name: str = "service",
     ) -> None:
-        self._url = make_url(url)
+        try:
+            self._url, self._behind_pgbouncer = split_pooler(make_url(url))
+        except ValueError as exc:
+            raise InvalidArgument(f"database URL: {exc}") from None
         self._max_overflow = max_overflow
         self._engine = create_engine(
             self._url,
+            transaction_pooler=self._behind_pgbouncer,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
@@ -143,6 +148,13 @@ class ConnectionPool:
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
         return self._engine.dialect.name
+
+    @property
+    def behind_pgbouncer(self) -> bool:
+        """Whether the URL said ``pgbouncer=true``: each transaction may run on another
+        server connection, so nothing may rely on a session (its settings, its
+        session-level locks, its prepared statements) outliving a transaction."""
+        return self._behind_pgbouncer
 
     @property
     def safe_url(self) -> str:
@@ -438,4 +450,7 @@ def sqlstate(exc: BaseException) -> str | None:
 def _describe(exc: BaseException) -> str:
     """A one-line reason without the statement or its parameters (they may hold data)."""
     inner = getattr(exc, "orig", None) or exc
+    if isinstance(inner, TimeoutError) and not str(inner):
+        # asyncpg's own command_timeout (behind PgBouncer), which cancels the statement.
+        return "TimeoutError: the statement ran past statement_timeout and was cancelled"
     return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]

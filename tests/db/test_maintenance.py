@@ -203,7 +203,7 @@ async def test_a_short_name_means_the_table_the_search_path_finds_first(
         "CREATE SCHEMA zeta; CREATE TABLE zeta.t (id int); CREATE TABLE public.t (id int);"
         f' ALTER DATABASE "{db.name}" SET search_path = zeta, public'
     )
-    async with ConnectionPool(db.url, pool_size=1, max_overflow=0) as pool:
+    async with ConnectionPool(db.url, pool_size=2, max_overflow=0) as pool:
         async with pool.connection() as conn:
             meant = (await conn.exec_driver_sql("SELECT 't'::regclass::oid")).scalar_one()
         assert meant == await db.fetchval("SELECT 'zeta.t'::regclass::oid")
@@ -415,6 +415,7 @@ async def pooled_session(pool: ConnectionPool) -> tuple[int, str, str]:
     return int(row[0]), str(row[1]), str(row[2])
 
 
+@pytest.mark.one_session
 async def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(
     db: Database,
 ) -> None:
@@ -442,6 +443,7 @@ async def test_a_locked_table_is_skipped_after_lock_timeout_and_the_run_goes_on(
     assert await advisory_lock_is_free(db)
 
 
+@pytest.mark.one_session
 async def test_statement_timeout_cancels_a_statement_and_the_run_goes_on(
     db: Database,
 ) -> None:

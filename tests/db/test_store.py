@@ -24,7 +24,7 @@ from service.errors import (
     ResultNotFound,
 )
 from service.model import encode_document
-from tests.helpers import unique_id
+from tests.helpers import side_dsn, unique_id
 
 
 async def test_put_get_delete_round_trip(store: ResultStore) -> None:
@@ -203,7 +203,7 @@ async def test_list_json_writes_whole_seconds_with_their_microseconds(
 
 async def _blocked_writer(pg_url: str, analysis_id: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection holding the row lock of ``analysis_id`` in an open transaction."""
-    holder = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+    holder = await asyncpg.connect(side_dsn(pg_url))
     try:
         transaction = holder.transaction()
         await transaction.start()

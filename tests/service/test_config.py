@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings, default_sqlite_path
-from service.errors import ConfigurationError
+from service.db.pool import ConnectionPool
+from service.errors import ConfigurationError, InvalidArgument
 
 
 def read(**environ: str) -> Settings:
@@ -48,6 +49,24 @@ def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_database_url_schemes_are_normalised_to_async_drivers(given: str, driver: str) -> None:
     settings = read(DATABASE_URL=given)
     assert settings.database.drivername == driver
+
+
+def test_pgbouncer_true_in_the_database_url_is_kept_for_the_pool() -> None:
+    settings = read(DATABASE_URL="postgresql://u@bouncer:6432/r?pgbouncer=true")
+    assert settings.database.query["pgbouncer"] == "true"
+
+
+async def test_the_pool_takes_pgbouncer_out_of_the_url_and_refuses_other_values() -> None:
+    pool = ConnectionPool("postgresql+asyncpg://u@127.0.0.1:1/r?pgbouncer=true&ssl=disable")
+    try:
+        assert pool.behind_pgbouncer
+        assert "pgbouncer" not in pool.safe_url
+        assert "ssl=disable" in pool.safe_url
+    finally:
+        await pool.aclose()
+    assert not ConnectionPool("postgresql+asyncpg://u@127.0.0.1:1/r").behind_pgbouncer
+    with pytest.raises(InvalidArgument, match="pgbouncer='sometimes' is not true or false"):
+        ConnectionPool("postgresql+asyncpg://u@127.0.0.1:1/r?pgbouncer=sometimes")
 
 
 def test_values_are_read_and_cast() -> None:
@@ -137,6 +156,8 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("DATABASE_URL", "mysql://root@db/x"),
         ("DATABASE_URL", "http://example/x"),
         ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "postgresql://u@db:6432/r?pgbouncer=maybe"),
+        ("DATABASE_URL", "sqlite:///x.db?pgbouncer=true"),
         ("REDIS_URL", "memcached://cache"),
         ("RESULT_TTL", "0"),
         ("REDIS_MAX_CONNECTIONS", "0"),

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.helpers import PROBLEM, ClientFactory, free_port, unique_id
+from tests.helpers import PROBLEM, ClientFactory, free_port, side_dsn, unique_id
 from tests.support.private_postgres import private_postgres
 
 
@@ -109,7 +109,7 @@ async def test_pool_exhaustion_answers_503_and_returns_every_connection(
     # (0.2 s, well before the lock goes after 1 s) and must answer 503. The pool's
     # pre-ping (SELECT 1) does not touch the table, so it is not blocked.
     analysis_id = unique_id("busy")
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    dsn = side_dsn(pg_url)
     async with (
         asyncio.timeout(30),
         make_client(
