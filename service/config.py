@@ -18,10 +18,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
-from service import defaults
+from service import defaults, sentinel
 from service.core.codings import BR, CODINGS, DEFAULT_LEVELS, GZIP, ZSTD, check_level
 from service.db.pgbouncer import split_pooler
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, InvalidArgument
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ _DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", sentinel.SCHEME)
 _ENCODINGS = CODINGS
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
@@ -103,6 +103,11 @@ class Settings:
             raise ConfigurationError(
                 "REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}"
             )
+        if self.redis_url is not None and sentinel.is_sentinel_url(self.redis_url):
+            try:
+                sentinel.parse(self.redis_url)
+            except InvalidArgument as exc:
+                raise ConfigurationError("REDIS_URL", str(exc)) from None
         _at_least("REDIS_MAX_CONNECTIONS", self.redis_max_connections, 1)
         _at_least("REDIS_TIMEOUT", self.redis_timeout, 0.001)
         _at_least("RESULT_TTL", self.result_ttl, 1)

@@ -16,15 +16,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import DefaultParser
+from redis.asyncio.connection import BlockingConnectionPool, DefaultParser
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 
-from service import defaults
+from service import defaults, sentinel
 from service.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class CacheBackend(Protocol):
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None) -> None: ...
     async def set_if_newer(
         self, key: str, value: bytes, ttl: float | None, notify: Notice | None = None
-    ) -> bool: ...
+    ) -> bool | None: ...
     async def delete(self, keys: Sequence[str]) -> int: ...
     async def delete_prefix(self, prefix: str) -> int: ...
     async def publish(self, channel: str, message: str) -> None: ...
@@ -222,17 +223,29 @@ class RedisBackend:
     ) -> None:
         self._url = url  # may hold a password: never logged
         self._socket_timeout = socket_timeout
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
+        options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "timeout": pool_timeout,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
             # Made once: by default each new connection reads redis-py's package
             # metadata from disk (for CLIENT SETINFO), on the event loop.
-            driver_info=_DRIVER_INFO,
-        )
-        self.client = aioredis.Redis(connection_pool=self._pool)
+            "driver_info": _DRIVER_INFO,
+        }
+        self._sentinel_url = sentinel.parse(url) if sentinel.is_sentinel_url(url) else None
+        self._sentinel: Sentinel | None = None
+        if self._sentinel_url is not None:
+            self._sentinel, self.client = _master_client(
+                self._sentinel_url, blocking=True, **options
+            )
+            self._pool = self.client.connection_pool
+        else:
+            self._pool = aioredis.BlockingConnectionPool.from_url(url, **options)
+            self.client = aioredis.Redis(connection_pool=self._pool)
+        self.replicas_to_wait_for = 1 if self._sentinel_url is not None else 0
+        """Replicas that must have a versioned write before it counts as reached: one
+        behind Sentinel, whose failover promotes a replica (asynchronous replication
+        may not have carried the write there yet)."""
         self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
         self.hiredis = uses_hiredis()
         if not self.hiredis:
@@ -259,15 +272,28 @@ class RedisBackend:
 
     async def set_if_newer(
         self, key: str, value: bytes, ttl: float | None, notify: Notice | None = None
-    ) -> bool:
-        """Compare and set atomically (a Lua script), publishing ``notify`` with it."""
+    ) -> bool | None:
+        """Compare and set atomically (a Lua script), publishing ``notify`` with it.
+
+        With :attr:`replicas_to_wait_for`, ``WAIT`` follows in the same round trip; a
+        write no replica confirmed within half the socket timeout returns None, as if
+        Redis had not been reached: a failover could promote a replica without it.
+        """
         channel, message = notify or ("", "")
         version = leading_version(value)
         if version is None:
             raise InvalidArgument("a versioned value starts with its version and a space")
-        written = await self._set_if_newer(
-            keys=[key], args=[version, value, _milliseconds(ttl) or 0, channel, message]
-        )
+        args: list[bytes | int | str] = [version, value, _milliseconds(ttl) or 0, channel, message]
+        if not self.replicas_to_wait_for:
+            return bool(await self._set_if_newer(keys=[key], args=args))
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self._set_if_newer(keys=[key], args=args, client=pipe)
+            pipe.execute_command(
+                "WAIT", self.replicas_to_wait_for, max(1, int(self._socket_timeout * 500))
+            )
+            written, replicas = await pipe.execute()
+        if written and int(replicas) < self.replicas_to_wait_for:
+            return None
         return bool(written)
 
     async def delete(self, keys: Sequence[str]) -> int:
@@ -316,16 +342,42 @@ class RedisBackend:
         assume it missed messages. Reads are bounded by the listener, not by the
         short socket timeout meant for commands.
         """
-        return aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=self._socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-            driver_info=_DRIVER_INFO,
-        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self._socket_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "driver_info": _DRIVER_INFO,
+        }
+        if self._sentinel_url is not None:
+            return _master_client(self._sentinel_url, blocking=False, **options)[1]
+        return aioredis.Redis.from_url(self._url, **options)
 
     async def aclose(self) -> None:
         await self.client.aclose()
         await self._pool.disconnect()
+        if self._sentinel is not None:
+            for node in self._sentinel.sentinels:
+                await node.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master discovery with the blocking pool's wait for a free connection
+    (a burst waits up to ``timeout`` instead of failing with "Too many connections")."""
+
+
+def _master_client(
+    url: sentinel.SentinelURL, *, blocking: bool, **connection: Any
+) -> tuple[Sentinel, aioredis.Redis]:
+    """A client of the current master; ``blocking``: with a blocking connection pool."""
+    socket_options = {k: v for k, v in connection.items() if k.startswith("socket_")}
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        list(url.sentinels),
+        sentinel_kwargs={**socket_options, "password": url.sentinel_password},
+        db=url.db,
+        password=url.password,
+    )
+    pool_class = _BlockingSentinelPool if blocking else SentinelConnectionPool
+    client = manager.master_for(url.service, connection_pool_class=pool_class, **connection)
+    return manager, client
 
 
 _DRIVER_INFO = DriverInfo()

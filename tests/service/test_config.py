@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from service import sentinel
 from service.config import Settings, default_sqlite_path
 from service.db.pool import ConnectionPool
 from service.errors import ConfigurationError, InvalidArgument
@@ -49,6 +50,14 @@ def test_default_sqlite_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_database_url_schemes_are_normalised_to_async_drivers(given: str, driver: str) -> None:
     settings = read(DATABASE_URL=given)
     assert settings.database.drivername == driver
+
+
+def test_a_sentinel_url_names_every_sentinel_the_service_and_the_database() -> None:
+    url = "redis+sentinel://:pw@s1:26379,s2,[::1]:26380/my%20master/3?sentinel_password=spw"
+    assert read(REDIS_URL=url).redis_url == url
+    assert sentinel.parse(url) == sentinel.SentinelURL(
+        (("s1", 26379), ("s2", 26379), ("::1", 26380)), "my master", 3, "pw", "spw"
+    )
 
 
 def test_pgbouncer_true_in_the_database_url_is_kept_for_the_pool() -> None:
@@ -159,6 +168,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("DATABASE_URL", "postgresql://u@db:6432/r?pgbouncer=maybe"),
         ("DATABASE_URL", "sqlite:///x.db?pgbouncer=true"),
         ("REDIS_URL", "memcached://cache"),
+        ("REDIS_URL", "redis+sentinel://s1:26379,s2:x/mymaster"),
+        ("REDIS_URL", "redis+sentinel://s1:26379"),
+        ("REDIS_URL", "redis+sentinel://s1:26379/mymaster/zero"),
         ("RESULT_TTL", "0"),
         ("REDIS_MAX_CONNECTIONS", "0"),
         ("REDIS_TIMEOUT", "-1"),

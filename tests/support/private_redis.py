@@ -6,7 +6,7 @@ import asyncio
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -29,9 +29,11 @@ class PrivateRedis:
     ``log_path``, shown when it fails to start.
     """
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, args: Sequence[str] = ()) -> None:
         self.port = port
         self.log_path = log_path
+        self.args = tuple(args)
+        """More options, at every start (``--replicaof 127.0.0.1 6379``, say)."""
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -57,6 +59,11 @@ class PrivateRedis:
                 "no",
                 "--daemonize",
                 "no",
+                # A replica writes what its master sends to a file there, even with
+                # --save "": keep it out of the working directory.
+                "--dir",
+                str(self.log_path.parent),
+                *self.args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
