@@ -211,8 +211,15 @@ def server(url: str, redis_url: str, prefix: str, port: int, log: Path) -> Itera
             ["taskset", "-c", "0", *command], env=env, stdout=out, stderr=out
         )
     base = f"http://127.0.0.1:{port}"
+    with running(process, base, log):
+        yield base
+
+
+@contextlib.contextmanager
+def running(process: subprocess.Popen[bytes], base: str, log: Path) -> Iterator[None]:
+    """Wait until the server at ``base`` is ready; stop it when the block ends."""
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 raise SystemExit(f"the server exited:\n{log.read_text()}")
@@ -222,7 +229,7 @@ def server(url: str, redis_url: str, prefix: str, port: int, log: Path) -> Itera
             if time.monotonic() > deadline:
                 raise SystemExit(f"the server did not get ready:\n{log.read_text()}")
             time.sleep(0.2)
-        yield base
+        yield
     finally:
         process.terminate()
         try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from service._version import __version__
@@ -37,8 +39,16 @@ def app_factory() -> Starlette:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+    if args.workers > 1 and not settings.redis_url:
+        # Each worker's cache would be its own, and a write through one would not reach
+        # the others' copies: workers share what they cache, and hear of each other's
+        # writes, through Redis, as replicas do.
+        print(
+            "service: --workers above 1 needs REDIS_URL: the workers share their cache"
+            " and invalidate each other's copies through Redis",
+            file=sys.stderr,
+        )
+        return 2
     if settings.migrate_on_start:
         # Once, here, before any worker starts: an unreachable database is then one line
         # and exit status 1 rather than a start-up traceback in every worker.
@@ -51,6 +61,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         loop = "uvloop"
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         loop = "asyncio"
+    with _worker_directory(args.workers):
+        _run_uvicorn(args, loop)
+    return 0
+
+
+@contextlib.contextmanager
+def _worker_directory(workers: int) -> Iterator[None]:
+    """For several workers, the directory where they find each other's metrics
+    (:mod:`service.monitoring.workers`), named to them in the environment."""
+    if workers == 1:
+        yield
+        return
+    from service.monitoring import workers as worker_metrics
+
+    with tempfile.TemporaryDirectory(prefix="service-workers-") as directory:
+        os.environ[worker_metrics.DIRECTORY_VARIABLE] = directory
+        os.environ[worker_metrics.COUNT_VARIABLE] = str(workers)
+        yield
+
+
+def _run_uvicorn(args: argparse.Namespace, loop: str) -> None:
+    import uvicorn
+
     uvicorn.run(
         "service.cli:app_factory",
         factory=True,
@@ -65,7 +98,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
         server_header=False,
     )
-    return 0
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -149,6 +181,15 @@ def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(t.outcome == "done" for t in result.tables) else 1
 
 
+MAX_WORKERS = 64
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="service",
@@ -162,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_worker_count,
         default=1,
-        help="worker processes: only 1; scale with one process per container",
+        help="worker processes on the port (default 1; more need REDIS_URL); /metrics"
+        ' of any worker reports every worker\'s, labelled worker="<n>"',
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
@@ -210,16 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 1) != 1:
-        # Metrics, the L1 cache and the pool are per process: several workers behind one
-        # port would each answer /metrics for themselves, at random. Scale with processes
-        # (one per container), each scraped on its own.
-        print(
-            "service: --workers must be 1: run one process per container and scale with"
-            " replicas, so each one's /metrics is scraped on its own (see README)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         settings = Settings.from_environ()
     except ConfigurationError as exc:

@@ -26,6 +26,7 @@ from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
 from service.monitoring.exposition import MetricsListener
 from service.monitoring.performance import PerformanceMonitor
+from service.monitoring.workers import worker_set
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ async def running(
     The pool opens first and pending migrations run (``MIGRATE_ON_START``); then the
     store, the cache (which reads the notes of unsynced writes and starts listening for
     other replicas), the optimizer and its periodic maintenance, and the metrics
-    listener (``METRICS_PORT``). ``monitor`` is told about each part it watches.
+    listener (``METRICS_PORT``). ``monitor`` is told about each part it watches, and
+    under ``serve --workers N`` about the other workers (:mod:`service.monitoring.workers`).
     """
     async with contextlib.AsyncExitStack() as stack:
         pool = connection_pool(settings)
@@ -137,6 +139,8 @@ async def running(
                 optimizer, settings.db_maintenance_operation, settings.db_maintenance_interval
             )
             await stack.enter_async_context(_background(maintenance))
+        if monitor is not None:
+            monitor.workers = await stack.enter_async_context(worker_set(monitor.text))
         if settings.metrics_port is not None and monitor is not None:
             listener = MetricsListener(monitor, settings.metrics_host, settings.metrics_port)
             await stack.enter_async_context(listener)

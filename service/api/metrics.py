@@ -15,7 +15,7 @@ from service.api.state import state_of
 
 
 async def metrics(request: Request) -> Response:
-    body, headers = state_of(request)["monitor"].render(request.headers.getlist("accept"))
+    body, headers = await state_of(request)["monitor"].exposition(request.headers.getlist("accept"))
     return Response(body, headers=headers)
 
 

@@ -31,7 +31,11 @@ class MetricsListener:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> MetricsListener:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        # Under serve --workers N each worker listens on the port (SO_REUSEPORT) and
+        # answers for all of them.
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, reuse_port=self.monitor.workers is not None
+        )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
@@ -52,7 +56,7 @@ class MetricsListener:
             writer.close()
             return
         try:
-            status, headers, body = self._answer(head[:MAX_REQUEST_HEAD])
+            status, headers, body = await self._answer(head[:MAX_REQUEST_HEAD])
             headers["Cache-Control"] = "no-store"  # as every answer but a result read
             lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
             writer.write("\r\n".join([*lines, "", ""]).encode("latin-1") + body)
@@ -61,7 +65,7 @@ class MetricsListener:
         finally:
             writer.close()
 
-    def _answer(self, head: bytes) -> tuple[str, dict[str, str], bytes]:
+    async def _answer(self, head: bytes) -> tuple[str, dict[str, str], bytes]:
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         method, _, rest = request_line.partition(" ")
         path = rest.partition(" ")[0].partition("?")[0]
@@ -76,7 +80,8 @@ class MetricsListener:
         if method not in ("GET", "HEAD"):
             headers = {"Allow": "GET, HEAD", "Content-Length": "0", "Connection": "close"}
             return "405 Method Not Allowed", headers, b""
-        body, headers = self.monitor.render([fields["accept"]] if "accept" in fields else [])
+        accept = [fields["accept"]] if "accept" in fields else []
+        body, headers = await self.monitor.exposition(accept)
         headers = {**headers, "Vary": "Accept-Encoding", "Connection": "close"}
         if negotiate(fields.get("accept-encoding"), (GZIP,)) == GZIP:
             body = compress(GZIP, 6, body)

@@ -49,12 +49,14 @@ if TYPE_CHECKING:
     from service.core.compression import CompressionStats
     from service.db.optimization import QueryOptimizer
     from service.db.pool import ConnectionPool
+    from service.monitoring.workers import WorkerSet
 
 LATENCY_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 """Seconds: 100 µs to 10 s, about 2.5x apart."""
+TEXT_FORMAT: Final = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED: Final = "unmatched"
 CACHE_TYPES: Final = ("l1", "redis", "results")
 _METHODS: Final = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
@@ -128,6 +130,8 @@ class PerformanceMonitor:
         self._readers: dict[str, Callable[[], None]] = {}
         self._cache_readers: dict[str, Callable[[], dict[tuple[str, bool], int]]] = {}
         self.requests_in_progress = 0
+        self.workers: WorkerSet | None = None
+        """The other workers of ``serve --workers N``, whose series a scrape includes."""
 
     def _histogram(self, name: str, doc: str) -> Histogram:
         """Every histogram here shares LATENCY_BUCKETS: :class:`_Series` relies on it."""
@@ -249,10 +253,22 @@ class PerformanceMonitor:
     # Exposition.
 
     def render(self, accept: Sequence[str] = ()) -> tuple[bytes, dict[str, str]]:
-        """The metrics in the format ``accept`` asks for (text unless told otherwise)."""
+        """This process's metrics in the format ``accept`` asks for (text unless told
+        otherwise)."""
         self._collect()
         body, headers = render(self.registry, list(accept))
         return body, dict(headers)
+
+    def text(self) -> bytes:
+        """This process's metrics in the text format."""
+        return self.render()[0]
+
+    async def exposition(self, accept: Sequence[str] = ()) -> tuple[bytes, dict[str, str]]:
+        """What a scrape gets: :meth:`render`, or under ``serve --workers N`` every
+        worker's series in the text format (which every scraper accepts)."""
+        if self.workers is None:
+            return self.render(accept)
+        return await self.workers.exposition(), {"Content-Type": TEXT_FORMAT}
 
     def middleware(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> ASGIApp:
         """``app`` timed and counted; ``routes`` give the endpoint labels (default: the

@@ -81,15 +81,6 @@ async def test_unsupported_database_url_exits_2_naming_the_variable() -> None:
     assert "Traceback" not in err + out
 
 
-@pytest.mark.parametrize("workers", ["2", "0"])
-async def test_more_than_one_worker_is_refused_with_the_reason(workers: str) -> None:
-    """Several workers would each answer /metrics for themselves: one process per container."""
-    status, out, err = await run_cli("serve", "--port", str(free_port()), "--workers", workers)
-    assert status == 2, (out, err)
-    assert "--workers must be 1" in err
-    assert "one process per container" in err
-
-
 @pytest.mark.parametrize("command", ["migrate", "serve"])
 async def test_closed_database_port_exits_1_quickly_with_one_line(command: str) -> None:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres"
