@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
-from service import defaults, sentinel
+from service import defaults, redis_urls
 from service.core.codings import BR, CODINGS, DEFAULT_LEVELS, GZIP, ZSTD, check_level
 from service.db.pgbouncer import split_pooler
 from service.errors import ConfigurationError, InvalidArgument
@@ -32,7 +32,7 @@ _DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
-_REDIS_SCHEMES = ("redis", "rediss", "unix", sentinel.SCHEME)
+_REDIS_SCHEMES = ("redis", "rediss", "unix", redis_urls.SCHEME, redis_urls.CLUSTER_SCHEME)
 _ENCODINGS = CODINGS
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
@@ -103,9 +103,9 @@ class Settings:
             raise ConfigurationError(
                 "REDIS_URL", f"scheme must be one of {', '.join(_REDIS_SCHEMES)}"
             )
-        if self.redis_url is not None and sentinel.is_sentinel_url(self.redis_url):
+        if self.redis_url is not None:
             try:
-                sentinel.parse(self.redis_url)
+                redis_urls.check(self.redis_url)
             except InvalidArgument as exc:
                 raise ConfigurationError("REDIS_URL", str(exc)) from None
         _at_least("REDIS_MAX_CONNECTIONS", self.redis_max_connections, 1)

@@ -26,12 +26,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import brotli
 import httpx
-import redis.asyncio as aioredis
 import uvicorn
 import zstandard
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.cache.backends import RedisBackend
 from service.db.migrations import upgrade
 from service.db.optimization import ADVISORY_LOCK_KEY
 from service.db.pool import ConnectionPool
@@ -244,15 +244,55 @@ async def advisory_lock_is_free(db: Database) -> bool:
 # --- Redis --------------------------------------------------------------------------------
 
 
-async def forget_prefix(prefix: str) -> None:
-    """Remove every key a test made under ``prefix`` on the shared Redis."""
-    client = aioredis.Redis.from_url(REDIS_URL)
+class RawRedis:
+    """The test Redis (TEST_REDIS_URL, a cluster too) looked at from the side: raw
+    commands on keys named as the cache names them (on a cluster, behind their
+    bucket's hash tag)."""
+
+    def __init__(self, url: str = REDIS_URL) -> None:
+        self.backend = RedisBackend(url, socket_timeout=5)
+        self.client: Any = self.backend.client
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self.client.get(self.backend.stored_key(key))
+        return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self.client.set(self.backend.stored_key(key), value)
+
+    async def pttl(self, key: str) -> int:
+        return int(await self.client.pttl(self.backend.stored_key(key)))
+
+    async def ttl(self, key: str) -> int:
+        return int(await self.client.ttl(self.backend.stored_key(key)))
+
+    async def memory_usage(self, key: str) -> int:
+        used = await self.client.memory_usage(self.backend.stored_key(key), samples=0)
+        assert used is not None, f"no key {key}"
+        return int(used)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+@asynccontextmanager
+async def raw_redis(url: str = REDIS_URL) -> AsyncIterator[RawRedis]:
+    """A :class:`RawRedis`, closed afterwards."""
+    raw = RawRedis(url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.unlink(*keys)
+        yield raw
     finally:
-        await client.aclose()
+        await raw.aclose()
+
+
+async def forget_prefix(prefix: str) -> None:
+    """Remove every key a test made under ``prefix`` on the shared Redis (or the cluster
+    TEST_REDIS_URL names)."""
+    backend = RedisBackend(REDIS_URL, socket_timeout=5)
+    try:
+        await backend.delete_prefix(f"{prefix}:")
+    finally:
+        await backend.aclose()
 
 
 # --- HTTP ---------------------------------------------------------------------------------

@@ -12,20 +12,30 @@ arrive cannot put an older version back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from binascii import crc_hqx
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, DefaultParser
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    RedisError,
+)
 
-from service import defaults, sentinel
+from service import defaults, redis_urls
 from service.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -36,7 +46,8 @@ _ENTRY_OVERHEAD = 100
 Notice = tuple[str, str]
 """A pub/sub ``(channel, message)`` that a backend shared by replicas publishes with a write."""
 
-# Compare and set in one atomic step, publishing the notice in the same round trip.
+# Compare and set in one atomic step, publishing the notice in the same round trip
+# (PUBLISH, or SPUBLISH on a cluster, where the channel shares the key's hash slot).
 # GETRANGE reads only the head of the stored value, never a whole document. The same
 # version may be written again (its content never changes): that is how a refresh
 # renews an entry's lifetime.
@@ -53,7 +64,7 @@ if stored == nil or stored == 0 or tonumber(ARGV[1]) >= stored then
   written = 1
 end
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(ARGV[6], ARGV[4], ARGV[5])
 end
 return written
 """
@@ -232,42 +243,93 @@ class RedisBackend:
             # metadata from disk (for CLIENT SETINFO), on the event loop.
             "driver_info": _DRIVER_INFO,
         }
-        self._sentinel_url = sentinel.parse(url) if sentinel.is_sentinel_url(url) else None
+        self._sentinel_url = redis_urls.parse(url) if redis_urls.is_sentinel_url(url) else None
         self._sentinel: Sentinel | None = None
+        self._cluster: RedisCluster | None = None
+        self._cluster_url: redis_urls.ClusterURL | None = None
+        self.client: Any
         if self._sentinel_url is not None:
             self._sentinel, self.client = _master_client(
                 self._sentinel_url, blocking=True, **options
             )
             self._pool = self.client.connection_pool
+        elif redis_urls.is_cluster_url(url):
+            self._cluster_url = redis_urls.parse_cluster(url)
+            self._cluster = self.client = _cluster_client(self._cluster_url, options)
         else:
             self._pool = aioredis.BlockingConnectionPool.from_url(url, **options)
             self.client = aioredis.Redis(connection_pool=self._pool)
-        self.replicas_to_wait_for = 1 if self._sentinel_url is not None else 0
-        """Replicas that must have a versioned write before it counts as reached: one
-        behind Sentinel, whose failover promotes a replica (asynchronous replication
-        may not have carried the write there yet)."""
+        self._replicas: int | None = 0
+        if self._sentinel_url is not None:
+            self._replicas = 1
+        elif self._cluster is not None:
+            self._replicas = None
+        self._node_replicas: dict[str, tuple[int, float]] = {}
+        self._node_clients: dict[tuple[str, int], aioredis.Redis] = {}
+        self._options = options
         self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
         self.hiredis = uses_hiredis()
         if not self.hiredis:
             logger.warning("hiredis is not in use: Redis replies are parsed in pure Python")
 
+    @property
+    def replicas_to_wait_for(self) -> int | None:
+        """Replicas that must have a versioned write before it counts as reached: one
+        behind Sentinel, whose failover promotes a replica that asynchronous replication
+        may not have brought the write to yet; on a cluster (None), one where the key's
+        master has replicas (:meth:`_replicas_of`); 0 to trust the master alone."""
+        return self._replicas
+
+    @replicas_to_wait_for.setter
+    def replicas_to_wait_for(self, count: int | None) -> None:
+        self._replicas = count
+
+    async def _replicas_of(self, key: str) -> int:
+        """Whether the cluster master of ``key`` has replicas (1) or not (0), as its
+        ``INFO replication`` said within the last :data:`REPLICAS_RECHECK` seconds."""
+        assert self._cluster is not None
+        node = self._cluster.get_node_from_key(key)
+        if node is None:
+            return 0
+        known = self._node_replicas.get(node.name)
+        now = time.monotonic()
+        if known is None or now - known[1] > REPLICAS_RECHECK:
+            info = await self._cluster.info("replication", target_nodes=node)
+            known = (1 if int(info.get("connected_slaves", 0)) else 0, now)
+            self._node_replicas[node.name] = known
+        return known[0]
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this is a Redis Cluster (``redis+cluster://``)."""
+        return self._cluster is not None
+
+    def stored_key(self, key: str) -> str:
+        """The key as stored: on a cluster, behind the hash tag of its bucket, which its
+        invalidation notices share (:func:`bucket_tag`)."""
+        return bucket_tag(key) + key if self._cluster is not None else key
+
     async def get(self, key: str) -> bytes | None:
-        return _as_bytes(await self.client.get(key))
+        return _as_bytes(await self.client.get(self.stored_key(key)))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return [_as_bytes(value) for value in await self.client.mget(keys)]
+        if self._cluster is not None:
+            values = await self._cluster.mget_nonatomic([self.stored_key(k) for k in keys])
+        else:
+            values = await self.client.mget(keys)
+        return [_as_bytes(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        await self.client.set(key, value, px=_milliseconds(ttl))
+        await self.client.set(self.stored_key(key), value, px=_milliseconds(ttl))
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None) -> None:
         if not items:
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for key, value in items.items():
-                pipe.set(key, value, px=_milliseconds(ttl))
+                pipe.set(self.stored_key(key), value, px=_milliseconds(ttl))
             await pipe.execute()
 
     async def set_if_newer(
@@ -283,30 +345,85 @@ class RedisBackend:
         version = leading_version(value)
         if version is None:
             raise InvalidArgument("a versioned value starts with its version and a space")
-        args: list[bytes | int | str] = [version, value, _milliseconds(ttl) or 0, channel, message]
-        if not self.replicas_to_wait_for:
-            return bool(await self._set_if_newer(keys=[key], args=args))
+        stored = self.stored_key(key)
+        publish = "PUBLISH"
+        if self._cluster is not None and channel:
+            channel, publish = bucket_tag(key) + channel, "SPUBLISH"
+        args: list[bytes | int | str] = [
+            version, value, _milliseconds(ttl) or 0, channel, message, publish
+        ]  # fmt: skip
+        wait_for = self._replicas
+        if self._cluster is not None:
+            return await self._cluster_set_if_newer(stored, args, wait_for)
+        if not wait_for:
+            return bool(await self._set_if_newer(keys=[stored], args=args))
         async with self.client.pipeline(transaction=False) as pipe:
-            await self._set_if_newer(keys=[key], args=args, client=pipe)
-            pipe.execute_command(
-                "WAIT", self.replicas_to_wait_for, max(1, int(self._socket_timeout * 500))
-            )
+            await self._set_if_newer(keys=[stored], args=args, client=pipe)
+            pipe.execute_command("WAIT", wait_for, self._wait_ms)
             written, replicas = await pipe.execute()
-        if written and int(replicas) < self.replicas_to_wait_for:
+        if written and int(replicas) < wait_for:
             return None
         return bool(written)
+
+    async def _cluster_set_if_newer(
+        self, stored: str, args: list[bytes | int | str], wait_for: int | None
+    ) -> bool | None:
+        """The compare-and-set on the key's master, through a client of that node: WAIT
+        counts the replicas that have what *its own connection* wrote, so the script
+        and WAIT must share a connection, and redis-py's cluster pipeline refuses
+        scripts. A slot that moved meanwhile answers MOVED: an error like any other."""
+        assert self._cluster is not None
+        await self._cluster.initialize()  # learns the slots on first use (then a no-op)
+        node = self._cluster.get_node_from_key(stored)
+        if node is None:
+            raise ClusterDownError(f"no master serves the slot of {stored!r}")
+        if wait_for is None:
+            wait_for = await self._replicas_of(stored)
+        client = self._node_client(node.host, int(node.port))
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                await self._set_if_newer(keys=[stored], args=args, client=pipe)
+                if wait_for:
+                    pipe.execute_command("WAIT", wait_for, self._wait_ms)
+                replies = await pipe.execute()
+        except (ConnectionError, TimeoutError, MovedError):
+            # The master went away, or its slot moved: learn the cluster's shape again
+            # (the cluster client does so after its own failures, not after these).
+            with contextlib.suppress(RedisError, OSError):
+                await self._cluster.nodes_manager.initialize()
+            raise
+        if wait_for and replies[0] and int(replies[1]) < wait_for:
+            return None
+        return bool(replies[0])
+
+    @property
+    def _wait_ms(self) -> int:
+        """How long WAIT waits for replicas: half the socket timeout."""
+        return max(1, int(self._socket_timeout * 500))
+
+    def _node_client(self, host: str, port: int) -> aioredis.Redis:
+        client = self._node_clients.get((host, port))
+        if client is None:
+            pool = aioredis.BlockingConnectionPool(host=host, port=port, **self._options)
+            client = aioredis.Redis.from_pool(pool)  # closes its pool with it
+            self._node_clients[(host, port)] = client
+        return client
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        removed: int = await self.client.unlink(*keys)
+        removed: int = await self.client.unlink(*(self.stored_key(key) for key in keys))
         return removed
 
     async def delete_prefix(self, prefix: str) -> int:
-        """SCAN and UNLINK in batches: never KEYS, never one long blocking command."""
+        """SCAN and UNLINK in batches: never KEYS, never one long blocking command (on a
+        cluster, SCAN goes to every master)."""
+        pattern = _glob_escape(prefix) + "*"
+        if self._cluster is not None:
+            pattern = "{r*}" + pattern  # behind any bucket's tag
         removed = 0
         batch: list[str | bytes] = []
-        async for key in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=500):
+        async for key in self.client.scan_iter(match=pattern, count=500):
             batch.append(key)
             if len(batch) >= 500:
                 removed += await self.client.unlink(*batch)
@@ -316,24 +433,54 @@ class RedisBackend:
         return removed
 
     async def publish(self, channel: str, message: str) -> None:
-        await self.client.publish(channel, message)
+        if self._cluster is not None:
+            # Every listener follows every bucket's channel: one of them reaches all.
+            await self._cluster.execute_command("SPUBLISH", bucket_tag("") + channel, message)
+        else:
+            await self.client.publish(channel, message)
 
     async def info(self) -> dict[str, int | str | bool]:
-        """What Redis says of itself: version, memory, evictions, its own hit counts."""
-        server = await self.client.info("server")
-        memory = await self.client.info("memory")
-        stats = await self.client.info("stats")
-        return {
-            "redis_version": str(server.get("redis_version", "")),
-            "hiredis": self.hiredis,
-            "keys": int(await self.client.dbsize()),
-            "used_memory": int(memory.get("used_memory", 0)),
-            "maxmemory": int(memory.get("maxmemory", 0)),
-            "maxmemory_policy": str(memory.get("maxmemory_policy", "")),
-            "evicted_keys": int(stats.get("evicted_keys", 0)),
-            "keyspace_hits": int(stats.get("keyspace_hits", 0)),
-            "keyspace_misses": int(stats.get("keyspace_misses", 0)),
-        }
+        """What Redis says of itself: version, memory, evictions, its own hit counts (on
+        a cluster, summed over the masters)."""
+        nodes = self._cluster.get_primaries() if self._cluster is not None else [None]
+        found: dict[str, int | str | bool] = {"hiredis": self.hiredis}
+        for node in nodes:
+            target = {} if node is None else {"target_nodes": node}
+            server = await self.client.info("server", **target)
+            memory = await self.client.info("memory", **target)
+            stats = await self.client.info("stats", **target)
+            keys = await self.client.dbsize(**target)
+            found.setdefault("redis_version", str(server.get("redis_version", "")))
+            found.setdefault("maxmemory_policy", str(memory.get("maxmemory_policy", "")))
+            for name, value in (
+                ("keys", keys),
+                ("used_memory", memory.get("used_memory", 0)),
+                ("maxmemory", memory.get("maxmemory", 0)),
+                ("evicted_keys", stats.get("evicted_keys", 0)),
+                ("keyspace_hits", stats.get("keyspace_hits", 0)),
+                ("keyspace_misses", stats.get("keyspace_misses", 0)),
+            ):
+                found[name] = int(found.get(name, 0)) + int(value)
+        return found
+
+    async def subscriptions(self, channel: str) -> list[Subscription]:
+        """What a listener of ``channel`` subscribes to: one connection and ``channel``;
+        on a cluster, a connection to each master and, with SSUBSCRIBE, the channel of
+        every bucket whose slot that master serves."""
+        if self._cluster is None:
+            return [Subscription(self.subscriber(), (channel,), sharded=False)]
+        await self._cluster.initialize()
+        by_node: dict[tuple[str, int], list[str]] = {}
+        for tag in BUCKET_TAGS:
+            node = self._cluster.get_node_from_key(tag + channel)
+            if node is None:  # a slot no master serves: the cluster is not whole
+                raise ClusterDownError(f"no master serves the slot of {tag + channel}")
+            by_node.setdefault((node.host, int(node.port)), []).append(tag + channel)
+        options = self._subscriber_options()
+        return [
+            Subscription(aioredis.Redis(host=host, port=port, **options), tuple(channels), True)
+            for (host, port), channels in by_node.items()
+        ]
 
     def subscriber(self) -> aioredis.Redis:
         """A client of its own for one long-lived pub/sub connection.
@@ -342,21 +489,72 @@ class RedisBackend:
         assume it missed messages. Reads are bounded by the listener, not by the
         short socket timeout meant for commands.
         """
+        options = self._subscriber_options()
+        if self._sentinel_url is not None:
+            return _master_client(self._sentinel_url, blocking=False, **options)[1]
+        return aioredis.Redis.from_url(self._url, **options)
+
+    def _subscriber_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "socket_connect_timeout": self._socket_timeout,
             "retry": Retry(NoBackoff(), 0),
             "driver_info": _DRIVER_INFO,
         }
-        if self._sentinel_url is not None:
-            return _master_client(self._sentinel_url, blocking=False, **options)[1]
-        return aioredis.Redis.from_url(self._url, **options)
+        if self._cluster_url is not None and self._cluster_url.password:
+            options["password"] = self._cluster_url.password
+        return options
 
     async def aclose(self) -> None:
         await self.client.aclose()
-        await self._pool.disconnect()
+        if self._cluster is None:
+            await self._pool.disconnect()
+        for client in self._node_clients.values():
+            await client.aclose()
         if self._sentinel is not None:
             for node in self._sentinel.sentinels:
                 await node.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A connection for the invalidation listener, and the channels it follows there."""
+
+    client: aioredis.Redis
+    channels: tuple[str, ...]
+    sharded: bool
+    """SSUBSCRIBE (a cluster's shard channels) rather than SUBSCRIBE."""
+
+
+REPLICAS_RECHECK = 5.0
+"""Seconds a cluster master's count of replicas is trusted before it is asked again."""
+BUCKETS = 256
+"""On a cluster, keys fall into this many buckets, each a hash tag (a slot) that its
+keys and its channel of notices share, so that a write and its notice are one script
+on one master, and a listener follows one channel per bucket (SSUBSCRIBE takes one slot
+at a time). 256 slots of 16,384 spread the keys over masters in small steps."""
+BUCKET_TAGS = tuple(f"{{r{n}}}" for n in range(BUCKETS))
+
+
+def bucket_tag(key: str) -> str:
+    """The hash tag of ``key``'s bucket, ``{r<n>}``."""
+    return BUCKET_TAGS[crc_hqx(key.encode(), 0) % BUCKETS]
+
+
+def _cluster_client(url: redis_urls.ClusterURL, options: dict[str, Any]) -> RedisCluster:
+    """A cluster client from the URL's nodes. A command that fails on a connection is
+    tried once more, after the client has learnt the cluster's shape again: redis-py
+    closes connections in use when it does (a burst of first commands on a new client
+    does, measured: a few of 200 concurrent GETs failed without the second try). Then
+    the cache fails open. Redirections after a slot moved are followed as always."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
+        password=url.password,
+        max_connections=options["max_connections"],
+        socket_timeout=options["socket_timeout"],
+        socket_connect_timeout=options["socket_connect_timeout"],
+        retry=Retry(NoBackoff(), 1),
+        driver_info=options["driver_info"],
+    )
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -365,7 +563,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 
 def _master_client(
-    url: sentinel.SentinelURL, *, blocking: bool, **connection: Any
+    url: redis_urls.SentinelURL, *, blocking: bool, **connection: Any
 ) -> tuple[Sentinel, aioredis.Redis]:
     """A client of the current master; ``blocking``: with a blocking connection pool."""
     socket_options = {k: v for k, v in connection.items() if k.startswith("socket_")}
@@ -381,6 +579,31 @@ def _master_client(
 
 
 _DRIVER_INFO = DriverInfo()
+
+
+_TRANSPORT_FILES = (
+    "redis/asyncio/connection.py",
+    "asyncio/streams.py",
+    "asyncio/selector_events.py",
+)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection lost under redis-py rather than a fault of ours.
+
+    A connection closed while a command is being written to it (by the peer, or by
+    redis-py's cluster client dropping a failed node's connections) can surface as an
+    AttributeError or TypeError from the transport instead of a ConnectionError
+    (redis-py issue 4287); seen here when a cluster master is killed under load. Those
+    are recognised by where they were raised, so that no error of this package's own
+    code is mistaken for an outage.
+    """
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    frame, tb = "", exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return frame.replace("\\", "/").endswith(_TRANSPORT_FILES)
 
 
 def uses_hiredis() -> bool:

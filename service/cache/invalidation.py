@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from redis.exceptions import RedisError
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
-from service.cache.backends import RedisBackend
+from service.cache.backends import RedisBackend, lost_connection
 from service.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,16 @@ class InvalidationListener:
             connects = self.reconnects
             try:
                 await self._listen()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (
+                RedisError,
+                RedisClusterException,
+                OSError,
+                TimeoutError,
+                AttributeError,
+                TypeError,
+            ) as exc:
+                if isinstance(exc, AttributeError | TypeError) and not lost_connection(exc):
+                    raise
                 self._log.warning(
                     "lost", "cache invalidation listener disconnected, retrying: %r", exc
                 )
@@ -96,33 +107,66 @@ class InvalidationListener:
             await asyncio.sleep(backoff)
 
     async def _listen(self) -> None:
-        client = self._backend.subscriber()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        subscriptions = await self._backend.subscriptions(self.channel)
+        followed: list[PubSub] = []
         try:
-            await pubsub.subscribe(self.channel)
+            for subscription in subscriptions:
+                pubsub = subscription.client.pubsub()
+                followed.append(pubsub)
+                # One command per channel: SSUBSCRIBE takes the channels of one slot.
+                for channel in subscription.channels:
+                    if subscription.sharded:
+                        await pubsub.ssubscribe(channel)
+                    else:
+                        await pubsub.subscribe(channel)
             if self.reconnects:
                 logger.info("cache invalidation listener reconnected")
             self.reconnects += 1
             self._on_gap()
             self._connected.set()
-            heard = pinged = time.monotonic()
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                now = time.monotonic()
-                if message is not None:
-                    heard = now
-                    if message["type"] == "message":
-                        self._on_message(message["data"].decode())
-                    elif message["type"] == "pong":
-                        continue
-                if now - heard > self._dead_after:
-                    raise TimeoutError(f"no reply on {self.channel} for {self._dead_after:g} s")
-                if now - max(heard, pinged) > self._ping_interval:
-                    pinged = now
-                    await pubsub.ping()
+            await _first_to_end([self._follow(pubsub) for pubsub in followed])
         finally:
             self._connected.clear()
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            for pubsub in followed:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            for subscription in subscriptions:
+                with contextlib.suppress(RedisError, OSError):
+                    await subscription.client.aclose()
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        """Read one connection's messages until it fails, goes silent, or a subscription
+        ends (on a cluster, a slot moved to another master): then the caller reconnects."""
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                kind = message["type"]
+                if kind in ("message", "smessage"):
+                    self._on_message(message["data"].decode())
+                elif kind in ("unsubscribe", "sunsubscribe"):
+                    raise ConnectionError(f"subscription to {message['channel']!r} ended")
+            if now - heard > self._dead_after:
+                raise TimeoutError(f"no reply on {self.channel} for {self._dead_after:g} s")
+            if now - max(heard, pinged) > self._ping_interval:
+                pinged = now
+                await pubsub.ping()
+
+
+async def _first_to_end(work: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``work`` concurrently until one ends (they end only by raising); cancel the
+    rest and raise what it raised."""
+    if len(work) == 1:
+        await work[0]
+        return
+    tasks = [asyncio.create_task(one) for one in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -27,10 +27,16 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from service import defaults
-from service.cache.backends import CacheBackend, MemoryBackend, Notice, RedisBackend
+from service.cache.backends import (
+    CacheBackend,
+    MemoryBackend,
+    Notice,
+    RedisBackend,
+    lost_connection,
+)
 from service.cache.breaker import CircuitBreaker
 from service.errors import (
     CacheSerializationError,
@@ -46,7 +52,9 @@ DEFAULT_NAMESPACE = "default"
 MAX_KEY_LENGTH = 512
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_OUTAGE = (RedisError, OSError)
+# RedisClusterException: what redis-py's cluster client raises of its own (a slot no
+# master serves during a failover, say) is not a RedisError.
+_OUTAGE = (RedisError, RedisClusterException, OSError)
 
 T = TypeVar("T")
 
@@ -301,7 +309,10 @@ class CacheManager:
             return fallback
         try:
             result = await operation
-        except _OUTAGE as exc:
+        except (*_OUTAGE, AttributeError, TypeError) as exc:
+            if not isinstance(exc, _OUTAGE) and not lost_connection(exc):
+                self.breaker.record_abandoned()
+                raise
             self._errors += 1
             self.breaker.record_failure()
             self._errors_log.warning(

@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-import redis.asyncio as aioredis
 
-from service.cache.backends import MemoryBackend, RedisBackend, uses_hiredis
+from service.cache.backends import MemoryBackend, RedisBackend, lost_connection, uses_hiredis
 from service.cache.manager import CacheManager
 from service.errors import CacheSerializationError, ClosedError, InvalidCacheArgument
-from tests.helpers import REDIS_URL
+from tests.helpers import REDIS_URL, RawRedis, raw_redis
 
 
 @pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "memory"])
@@ -34,10 +33,9 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[CacheManager]:
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+async def redis_client(redis_url: str) -> AsyncIterator[RawRedis]:
+    async with raw_redis(redis_url) as raw:
+        yield raw
 
 
 async def test_round_trip_of_what_the_api_stores(cache: CacheManager) -> None:
@@ -55,7 +53,7 @@ async def test_round_trip_of_what_the_api_stores(cache: CacheManager) -> None:
     assert (stats.hits, stats.misses, stats.errors) == (2, 1, 0)
 
 
-async def test_keys_live_under_prefix_and_namespace(redis_client: aioredis.Redis) -> None:
+async def test_keys_live_under_prefix_and_namespace(redis_client: RawRedis) -> None:
     prefix = f"test{uuid.uuid4().hex[:10]}"
     async with CacheManager(RedisBackend(REDIS_URL), prefix=prefix) as cache:
         await cache.set("k:with:colons", {"v": 1}, namespace="results", ttl=60)
@@ -63,7 +61,7 @@ async def test_keys_live_under_prefix_and_namespace(redis_client: aioredis.Redis
         assert await cache.invalidate_namespace("results") == 1
 
 
-async def test_ttl_is_honoured(cache: CacheManager, redis_client: aioredis.Redis) -> None:
+async def test_ttl_is_honoured(cache: CacheManager, redis_client: RawRedis) -> None:
     await cache.set("short", {"v": 1}, ttl=0.3)
     await cache.set("default", {"v": 2})
     assert await cache.get("short") == {"v": 1}
@@ -76,7 +74,7 @@ async def test_ttl_is_honoured(cache: CacheManager, redis_client: aioredis.Redis
     assert await cache.get("default") == {"v": 2}
 
 
-async def test_default_ttl_applies(redis_client: aioredis.Redis) -> None:
+async def test_default_ttl_applies(redis_client: RawRedis) -> None:
     prefix = f"test{uuid.uuid4().hex[:10]}"
     async with CacheManager(RedisBackend(REDIS_URL), prefix=prefix, default_ttl=3600) as cache:
         await cache.set("k", {"v": 1}, namespace="results")
@@ -254,6 +252,7 @@ async def test_a_cancelled_trial_call_does_not_wedge_the_breaker(redis_url: str)
         await cache.delete("k")
 
 
+@pytest.mark.one_node
 async def test_new_redis_connections_do_not_read_package_metadata(
     monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
@@ -275,12 +274,47 @@ async def test_new_redis_connections_do_not_read_package_metadata(
     try:
         await asyncio.gather(*(backend.get(f"svc-test:{uuid.uuid4().hex}") for _ in range(50)))
         during_the_burst = reads
-        observer = aioredis.Redis.from_url(redis_url)
+        observer = RawRedis(redis_url)
         try:
-            clients = await observer.client_list()
+            clients = await observer.client.client_list()
         finally:
             await observer.aclose()
         assert len(clients) >= 10, "the burst opened new connections"
     finally:
         await backend.aclose()
     assert during_the_burst == 0
+
+
+@pytest.mark.one_node
+async def test_a_connection_lost_under_redis_py_is_an_outage_a_bug_of_ours_is_not(
+    redis_url: str,
+) -> None:
+    """redis-py may surface a connection closed mid-write as an AttributeError from its
+    transport (its issue 4287; seen with a cluster master killed under load): that is
+    an outage, served without the cache. The same exception from a backend's own code
+    is a bug, and propagates."""
+    backend = RedisBackend(redis_url)
+    try:
+        connection = await backend.client.connection_pool.get_connection()
+        writer = connection._writer
+        try:
+            # What a close under a command in flight leaves for the write that follows:
+            # the step of redis-py's send that raised when the cluster master died.
+            connection._writer = None
+            with pytest.raises(AttributeError) as lost:
+                await connection._send_packed_command([b"PING"])
+        finally:
+            connection._writer = writer
+            await connection.disconnect()
+        assert lost_connection(lost.value)
+    finally:
+        await backend.aclose()
+
+    class Broken(MemoryBackend):
+        async def get(self, key: str) -> bytes | None:
+            raise AttributeError("a bug of ours")
+
+    manager = CacheManager(Broken(1 << 20), prefix=f"t{uuid.uuid4().hex[:8]}")
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        await manager.get("k")
+    assert not lost_connection(AttributeError("a bug of ours"))

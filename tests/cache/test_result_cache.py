@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import Pool
 
@@ -28,7 +27,7 @@ from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
 from service.errors import ConfigurationError, InvalidAnalysisId, InvalidCacheArgument
 from service.model import Absent, StoredResult
-from tests.helpers import ClientFactory, forget_prefix, unique_id, unique_prefix
+from tests.helpers import ClientFactory, forget_prefix, raw_redis, unique_id, unique_prefix
 
 
 @contextmanager
@@ -104,11 +103,8 @@ async def test_the_specification_interface_round_trips(redis_url: str) -> None:
             assert await results.get_analysis_result("run-1") is None
             assert await results.cache_analysis_result("run-1", document) is True
             assert await results.get_analysis_result("run-1") == document
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            ttl = await client.ttl(f"{prefix}:{NAMESPACE}:run-1")
-        finally:
-            await client.aclose()
+        async with raw_redis(redis_url) as raw:
+            ttl = await raw.ttl(f"{prefix}:{NAMESPACE}:run-1")
         # The result TTL, less up to TTL_JITTER of it.
         assert 1800 * (1 - TTL_JITTER) - 5 <= ttl <= 1800, "the entry's TTL is the result TTL"
     finally:

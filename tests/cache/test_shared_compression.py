@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 import zstandard
 
 from service.cache.backends import RedisBackend
@@ -23,7 +22,7 @@ from service.core.codings import ZSTD, compress
 from service.db.result_store import ResultStore
 from service.errors import InvalidArgument
 from service.model import StoredResult
-from tests.helpers import ClientFactory, forget_prefix, unique_id
+from tests.helpers import ClientFactory, RawRedis, forget_prefix, raw_redis, unique_id
 
 
 def analysis(size: int) -> dict[str, object]:
@@ -37,13 +36,8 @@ def analysis(size: int) -> dict[str, object]:
 
 
 async def memory_usage(redis_url: str, key: str) -> int:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        used = await client.memory_usage(key, samples=0)
-    finally:
-        await client.aclose()
-    assert used is not None, key
-    return int(used)
+    async with raw_redis(redis_url) as raw:
+        return await raw.memory_usage(key)
 
 
 @asynccontextmanager
@@ -132,7 +126,7 @@ async def test_small_or_incompressible_bodies_are_stored_as_they_are(
     pg_store: ResultStore, redis_url: str, prefix: str
 ) -> None:
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    client = RawRedis(redis_url)
     try:
         async with ResultCache(manager, pg_store, zstd=SharedZstd(minimum_size=500)) as results:
             small = unique_id("small")
@@ -160,7 +154,7 @@ async def test_an_entry_that_cannot_be_read_is_a_miss(
 ) -> None:
     """A corrupt compressed entry is never served: the read goes to the database."""
     manager = CacheManager(RedisBackend(redis_url), prefix=prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    client = RawRedis(redis_url)
     rid = unique_id("junk")
     try:
         async with ResultCache(manager, pg_store) as results:

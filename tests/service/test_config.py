@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import sentinel
+from service import redis_urls
 from service.config import Settings, default_sqlite_path
 from service.db.pool import ConnectionPool
 from service.errors import ConfigurationError, InvalidArgument
@@ -55,8 +55,16 @@ def test_database_url_schemes_are_normalised_to_async_drivers(given: str, driver
 def test_a_sentinel_url_names_every_sentinel_the_service_and_the_database() -> None:
     url = "redis+sentinel://:pw@s1:26379,s2,[::1]:26380/my%20master/3?sentinel_password=spw"
     assert read(REDIS_URL=url).redis_url == url
-    assert sentinel.parse(url) == sentinel.SentinelURL(
+    assert redis_urls.parse(url) == redis_urls.SentinelURL(
         (("s1", 26379), ("s2", 26379), ("::1", 26380)), "my master", 3, "pw", "spw"
+    )
+
+
+def test_a_cluster_url_names_some_nodes_and_no_database() -> None:
+    url = "redis+cluster://:pw@n1:7000,n2,[::1]:7002"
+    assert read(REDIS_URL=url).redis_url == url
+    assert redis_urls.parse_cluster(url) == redis_urls.ClusterURL(
+        (("n1", 7000), ("n2", 6379), ("::1", 7002)), "pw"
     )
 
 
@@ -171,6 +179,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("REDIS_URL", "redis+sentinel://s1:26379,s2:x/mymaster"),
         ("REDIS_URL", "redis+sentinel://s1:26379"),
         ("REDIS_URL", "redis+sentinel://s1:26379/mymaster/zero"),
+        ("REDIS_URL", "redis+cluster://n1:7000/1"),
+        ("REDIS_URL", "redis+cluster://n1:seven"),
+        ("REDIS_URL", "redis+cluster://n1:7000?timeout=1"),
         ("RESULT_TTL", "0"),
         ("REDIS_MAX_CONNECTIONS", "0"),
         ("REDIS_TIMEOUT", "-1"),
