@@ -259,11 +259,7 @@ class RedisBackend:
         else:
             self._pool = aioredis.BlockingConnectionPool.from_url(url, **options)
             self.client = aioredis.Redis(connection_pool=self._pool)
-        self._replicas: int | None = 0
-        if self._sentinel_url is not None:
-            self._replicas = 1
-        elif self._cluster is not None:
-            self._replicas = None
+        self._replicas: int | None = 1 if self._sentinel_url else None if self._cluster else 0
         self._node_replicas: dict[str, tuple[int, float]] = {}
         self._node_clients: dict[tuple[str, int], aioredis.Redis] = {}
         self._options = options
@@ -298,11 +294,6 @@ class RedisBackend:
             known = (1 if int(info.get("connected_slaves", 0)) else 0, now)
             self._node_replicas[node.name] = known
         return known[0]
-
-    @property
-    def cluster(self) -> bool:
-        """Whether this is a Redis Cluster (``redis+cluster://``)."""
-        return self._cluster is not None
 
     def stored_key(self, key: str) -> str:
         """The key as stored: on a cluster, behind the hash tag of its bucket, which its

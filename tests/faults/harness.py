@@ -276,10 +276,13 @@ class FaultBed:
             await connection.close()
         return {row["analysis_id"]: int(row["version"]) for row in rows}
 
-    async def shared_versions(self, ids: Iterable[str]) -> dict[str, int | None]:
-        """Each id's version as Redis holds it (None: no entry), without the service."""
+    async def shared_versions(
+        self, ids: Iterable[str], redis_url: str | None = None
+    ) -> dict[str, int | None]:
+        """Each id's version as Redis holds it (None: no entry), without the service;
+        ``redis_url``: another server than the bed's (a promoted replica, say)."""
         keys = list(ids)
-        client = aioredis.Redis.from_url(self.redis.url, socket_timeout=5)
+        client = aioredis.Redis.from_url(redis_url or self.redis.url, socket_timeout=5)
         try:
             values = await client.mget([f"{self.prefix}:results:{i}" for i in keys])
         finally:

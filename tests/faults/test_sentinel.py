@@ -168,21 +168,6 @@ async def test_failover_under_load_fails_no_request_and_serves_nothing_stale(
     assert_sound(summary, sentinel_bed)
     assert summary.unavailable == 0, summary.render()
     assert_quiet_logs(sentinel_bed, (CACHE_OUTAGE,))
-    shared = await sentinel_versions(group, sentinel_bed, ids)
+    promoted = f"redis://127.0.0.1:{group.replica.port}/0"
+    shared = await sentinel_bed.shared_versions(ids, promoted)
     assert any(version is not None for version in shared.values()), "Redis not used again"
-
-
-async def sentinel_versions(
-    group: SentinelGroup, bed: FaultBed, ids: list[str]
-) -> dict[str, int | None]:
-    """Each id's version in the new master (None: no entry)."""
-    client = aioredis.Redis(host="127.0.0.1", port=group.replica.port, socket_timeout=5)
-    try:
-        values = await client.mget([f"{bed.prefix}:results:{i}" for i in ids])
-    finally:
-        await client.aclose()
-    found: dict[str, int | None] = {}
-    for analysis_id, value in zip(ids, values, strict=True):
-        head = value.partition(b" ")[0] if isinstance(value, bytes) else b""
-        found[analysis_id] = int(head) if head.isdigit() else None
-    return found
