@@ -262,7 +262,9 @@ class RedisBackend:
         self._replicas: int | None = 1 if self._sentinel_url else None if self._cluster else 0
         self._node_replicas: dict[str, tuple[int, float]] = {}
         self._node_clients: dict[tuple[str, int], aioredis.Redis] = {}
-        self._options = options
+        # The write clients of each cluster master (see _node_client) need its password.
+        password = self._cluster_url.password if self._cluster_url else None
+        self._options = {**options, "password": password} if password else options
         self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
         self.hiredis = uses_hiredis()
         if not self.hiredis:

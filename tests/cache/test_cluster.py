@@ -248,3 +248,15 @@ async def test_the_cache_suite_passes_on_a_cluster() -> None:
     report = out.decode(errors="replace")
     assert process.returncode == 0, report[-6000:]
     assert " passed" in report.splitlines()[-1]
+
+
+async def test_every_client_of_a_password_protected_cluster_carries_its_password() -> None:
+    """The per-master clients that writes and the listener go through are built by the
+    backend itself, not by redis-py's cluster client: they need the URL's password too."""
+    backend = RedisBackend("redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001")
+    try:
+        writer = backend._node_client("127.0.0.1", 7002)
+        assert writer.connection_pool.connection_kwargs["password"] == "s3cret"
+        assert backend._subscriber_options()["password"] == "s3cret"
+    finally:
+        await backend.aclose()
