@@ -64,7 +64,7 @@ from typing import Any, Literal, Protocol, Self
 
 from service import defaults
 from service.cache import entry
-from service.cache.backends import Notice, RedisBackend
+from service.cache.backends import MemoryBackend, Notice, RedisBackend
 from service.cache.invalidation import ALL, InvalidationListener
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
@@ -259,6 +259,10 @@ class ResultCache:
         self._listener: InvalidationListener | None = None
         backend = self.cache.backend
         self._shared_can_fail = isinstance(backend, RedisBackend)
+        self._shared_holds = not (isinstance(backend, MemoryBackend) and backend.max_bytes == 0)
+        """False when the shared tier can hold nothing (in process, of size 0: the service
+        with its cache turned off). Reads then skip it, and no entry is compressed or
+        encoded for it."""
         if l1 is not None and isinstance(backend, RedisBackend):
             self._listener = InvalidationListener(
                 backend, self.channel, self._on_notice, self._drop_everything_local
@@ -447,7 +451,7 @@ class ResultCache:
         me = asyncio.current_task()
         reached = True
         expired: StoredResult | Absent | None = None
-        if not self._is_unsynced(analysis_id):
+        if self._shared_holds and not self._is_unsynced(analysis_id):
             raw, reached = await self.cache.lookup_raw(analysis_id, NAMESPACE)
             shared = await _decode_off_loop(analysis_id, raw)
             found = None if shared is None else shared.found
@@ -473,7 +477,7 @@ class ResultCache:
         self._loads += 1
         ready = None
         if self._flights.get(analysis_id) is me:  # no write has ended this flight
-            frame = await self._compressed(found)
+            frame = await self._compressed(found) if self._shared_holds else None
             if reached:
                 # Not when the lookup just failed: a second timeout would only add to
                 # this read's wait, and the entry is filled by a later read anyway.
@@ -541,7 +545,10 @@ class ResultCache:
     ) -> bool | None:
         """Compare-and-set ``found`` into the shared tier: fresh for its TTL, kept
         ``stale_if_error`` seconds longer (a result; an absence is not served stale).
-        ``frame`` is what :meth:`_compressed` gave, if the caller has it already."""
+        ``frame`` is what :meth:`_compressed` gave, if the caller has it already.
+        A shared tier that holds nothing accepts it without the work."""
+        if not self._shared_holds:
+            return True
         fresh = self._ttl_for(found, ttl)
         kept = fresh + self.stale_if_error if isinstance(found, StoredResult) else fresh
         if frame is False:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import zstandard
 
-from service.cache.backends import RedisBackend
+from service.cache.backends import MemoryBackend, RedisBackend
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.result_cache import NAMESPACE, CachedRead, ResultCache, SharedZstd
@@ -208,6 +208,33 @@ async def test_a_read_from_the_database_keeps_the_frame_it_stored(
             assert representation.body == compress(ZSTD, SharedZstd().level, written.body)
     finally:
         await manager.aclose()
+
+
+async def test_a_cache_with_no_room_compresses_nothing(
+    pg_store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache turned off (an in-process shared tier of size 0, no L1): every read and
+    write goes to the database as before, and no entry is compressed for a tier that
+    cannot keep it."""
+    calls: list[int] = []
+
+    def counted(coding: str, level: int, body: bytes) -> bytes:
+        calls.append(len(body))
+        return compress(coding, level, body)
+
+    monkeypatch.setattr("service.cache.result_cache.compress", counted)
+    rid = unique_id("off")
+    async with ResultCache(CacheManager(MemoryBackend(0)), pg_store) as results:
+        assert results.zstd is not None  # compression is set, and would have run
+        written = await results.put(rid, analysis(22_000))
+        for _ in range(3):
+            read = await results.get(rid)
+            assert read.source == "database"
+            assert isinstance(read.found, StoredResult)
+            assert read.found.body == written.result.body
+        rewritten = await results.put(rid, {"v": 2})
+        assert (await results.get(rid)).found == rewritten.result
+    assert calls == []
 
 
 def test_shared_compression_and_stale_serving_refuse_bad_arguments() -> None:
