@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
@@ -206,7 +206,7 @@ class ResultStore:
             self._statements.list_after if after is not None else self._statements.list_first
         )
         started = time.perf_counter()
-        rows = await self._pool.run(self._statements.rows(statement, params))
+        rows = await self._statements.rows(self._pool, statement, params)
         if self.on_query is not None:
             self.on_query("list", time.perf_counter() - started)
         return rows
@@ -223,7 +223,7 @@ class ResultStore:
     async def unsynced(self, cache: str, limit: int) -> tuple[tuple[str, int], ...]:
         """Up to ``limit`` noted ``(analysis_id, version)`` pairs, oldest first."""
         params = {"cache": cache, "limit": limit}
-        rows = await self._pool.run(self._statements.rows(self._statements.unsynced, params))
+        rows = await self._statements.rows(self._pool, self._statements.unsynced, params)
         return tuple((analysis_id, version) for analysis_id, version in rows)
 
     async def forget_unsynced(self, cache: str, analysis_id: str, version: int) -> bool:
@@ -237,19 +237,18 @@ class ResultStore:
         emptied); return how many. ``moment`` comes from :meth:`database_now`."""
         statement = self._statements.forget_unsynced_before
         params = {"cache": cache, "before": moment}
-        return len(await self._pool.run(self._statements.rows(statement, params)))
+        return len(await self._statements.rows(self._pool, statement, params))
 
     async def database_now(self) -> datetime:
         """The database's clock, which times the notes (replicas' clocks may differ)."""
-        moment: datetime = await self._pool.run(
-            self._statements.value(self._statements.database_now, {})
-        )
+        statement = self._statements.database_now
+        moment: datetime = await self._statements.value(self._pool, statement, {})
         return _utc(moment)
 
     async def _first(self, operation: str, statement: Executable, params: dict[str, Any]) -> Any:
         started = time.perf_counter()
         try:
-            row = await self._pool.run(self._statements.first(statement, params))
+            row = await self._statements.first(self._pool, statement, params)
             if self.on_query is not None:
                 self.on_query(operation, time.perf_counter() - started)
             return row
@@ -277,31 +276,32 @@ class _Statements:
 
     On SQLite through SQLAlchemy. On PostgreSQL each statement is compiled once for
     asyncpg and run on the pooled connection's own asyncpg connection (which prepares
-    it once and keeps it): SQLAlchemy's execution and result layers cost about a third
-    of a cached read's CPU, measured, and these statements need none of what they add.
-    The pool, its checkout checks and its error translation stay SQLAlchemy's.
+    it once and keeps it), through :meth:`ConnectionPool.run_driver`: SQLAlchemy's
+    ``Connection``, execution and result layers cost about a third of a cached read's
+    CPU, measured, and these statements need none of what they add. The pool, its
+    checkout checks and its error translation stay SQLAlchemy's.
     """
 
-    def first(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
-        """The operation that returns the first row of ``statement`` (or None)."""
+    def first(self, pool: ConnectionPool, statement: Executable, params: dict[str, Any]) -> Any:
+        """The first row of ``statement`` (or None), run on ``pool`` (awaitable)."""
         driver = self._driver.get(statement)
         if driver is None:
-            return lambda conn: conn.execute(statement, params).first()
-        return lambda conn: await_(_asyncpg(conn).fetchrow(driver.sql, *driver.args(params)))
+            return pool.run(lambda conn: conn.execute(statement, params).first())
+        return pool.run_driver(lambda db: await_(db.fetchrow(driver.sql, *driver.args(params))))
 
-    def rows(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
-        """The operation that returns every row of ``statement``."""
+    def rows(self, pool: ConnectionPool, statement: Executable, params: dict[str, Any]) -> Any:
+        """Every row of ``statement``, run on ``pool`` (awaitable)."""
         driver = self._driver.get(statement)
         if driver is None:
-            return lambda conn: conn.execute(statement, params).all()
-        return lambda conn: await_(_asyncpg(conn).fetch(driver.sql, *driver.args(params)))
+            return pool.run(lambda conn: conn.execute(statement, params).all())
+        return pool.run_driver(lambda db: await_(db.fetch(driver.sql, *driver.args(params))))
 
-    def value(self, statement: Executable, params: dict[str, Any]) -> Callable[[Connection], Any]:
-        """The operation that returns the one value of ``statement``'s one row."""
+    def value(self, pool: ConnectionPool, statement: Executable, params: dict[str, Any]) -> Any:
+        """The one value of ``statement``'s one row, run on ``pool`` (awaitable)."""
         driver = self._driver.get(statement)
         if driver is None:
-            return lambda conn: conn.execute(statement, params).scalar_one()
-        return lambda conn: await_(_asyncpg(conn).fetchval(driver.sql, *driver.args(params)))
+            return pool.run(lambda conn: conn.execute(statement, params).scalar_one())
+        return pool.run_driver(lambda db: await_(db.fetchval(driver.sql, *driver.args(params))))
 
     def __init__(self, dialect: str) -> None:
         t = results
@@ -428,11 +428,6 @@ class _DriverStatement:
 
     def args(self, params: dict[str, Any]) -> list[Any]:
         return [params[name] if name in params else self.defaults[name] for name in self.names]
-
-
-def _asyncpg(conn: Connection) -> Any:
-    """The asyncpg connection under a pooled SQLAlchemy connection."""
-    return conn.connection.driver_connection
 
 
 def _meta(analysis_id: str, version: int, created_at: datetime, updated_at: datetime) -> ResultMeta:
