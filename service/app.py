@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import admin, health, metrics, openapi, result_routes
 from service.api.caching import NoStoreByDefault, ReadHeaders
 from service.api.reads import HitPath
-from service.api.responses import Problem, handle_exception
+from service.api.responses import Problem, answer_cancelled, handle_exception
 from service.api.state import State
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
@@ -90,13 +90,15 @@ def create_app(
     if tracing is not None:
         outer.append(Middleware(tracing.wrap))  # a span around everything, hits included
     if hit_path:
-        # L1 hits of one result, answered before anything else runs: the same bytes as
+        # Reads of one result, answered before anything else runs: the same bytes as
         # the route, recorded in the same metrics series.
         outer.append(
             Middleware(
                 HitPath,
                 encodings=settings.compression_encodings,
                 read_headers=read_headers,
+                levels=settings.compression_levels,
+                minimum_size=settings.compression_min_size,
                 stats=compression,
                 monitor=monitor if monitoring else None,
             )
@@ -143,7 +145,7 @@ class ServiceApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         # CancelledRequests right around the framework: inside the hit path, which
-        # never waits on anything a shutdown could cancel, so a hit does not pay for it.
+        # answers a cancelled read of its own alike, so a hit does not pay for it.
         app: ASGIApp = CancelledRequests(super().build_middleware_stack())
         for cls, args, kwargs in reversed(self.outer):
             app = cls(app, *args, **kwargs)
@@ -183,22 +185,7 @@ class CancelledRequests:
         try:
             await self.app(scope, receive, watch)
         except asyncio.CancelledError:
-            logger.warning(
-                "%s %.120r cancelled after %.3f s (server shutting down)%s",
-                scope["method"][:16],
-                scope["path"],  # the client's text: repr'd (no control characters), capped
-                perf_counter() - started,
-                "" if answered else "; answered 503",
-            )
-            if not answered:
-                problem = Problem(
-                    503,
-                    "the server is shutting down; retry the request",
-                    slug="shutting-down",
-                    headers={"Retry-After": "1", "Connection": "close"},
-                )
-                with contextlib.suppress(Exception):  # the client may be gone already
-                    await problem.response()(scope, receive, send)
+            await answer_cancelled(scope, receive, send, started=started, answered=answered)
             raise
 
 

@@ -24,17 +24,22 @@ IfMatch = int | Literal["*"] | None
 """A version the stored result must have, ``"*"`` for "any live version", or None."""
 
 
+def is_analysis_id(text: str) -> bool:
+    """Whether ``text`` is an id :func:`validate_analysis_id` accepts (no exception)."""
+    return (
+        isinstance(text, str)
+        and ANALYSIS_ID_PATTERN.fullmatch(text) is not None
+        and text not in (".", "..")
+    )
+
+
 def validate_analysis_id(analysis_id: str) -> str:
     """Return ``analysis_id`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ -``.
 
     Raises :class:`InvalidAnalysisId` otherwise (``..`` alone is refused too: it would
     read as a path segment in a URL).
     """
-    if (
-        not isinstance(analysis_id, str)
-        or ANALYSIS_ID_PATTERN.fullmatch(analysis_id) is None
-        or analysis_id in (".", "..")
-    ):
+    if not is_analysis_id(analysis_id):
         shown = analysis_id[:40] if isinstance(analysis_id, str) else type(analysis_id).__name__
         raise InvalidAnalysisId(
             f"analysis_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -, got {shown!r}"

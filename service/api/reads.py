@@ -5,28 +5,35 @@ results route share everything here: how a request's headers are read, which
 representation it gets, and what the answer is. So the hit path can only ever send
 what the route would have sent; a differential test holds them to it.
 
-The hit path answers ``GET``/``HEAD /results/{id}`` when the id's current version is
-in L1 and its representation for the negotiated coding is made. Anything else goes on,
-unchanged, to the full stack: a miss, a representation not made yet, ``Range``,
-``If-Range``, ``If-Match``, ``If-Unmodified-Since``, ``Cache-Control: no-transform``, a
-repeated conditional header, a mounted app whose path does not fit.
+The hit path answers ``GET``/``HEAD /results/{id}`` with a 200 or a 304: at once when
+the id's current version is in L1 with its representation for the negotiated coding
+made, else after reading it through the cache as the route does (a miss costs its
+database read, not the framework around it). Anything else goes on, unchanged, to the
+full stack: an invalid id, ``Range``, ``If-Range``, ``If-Match``,
+``If-Unmodified-Since``, ``Cache-Control: no-transform``, a repeated conditional
+header, a mounted app whose path does not fit. A read it made that ends in a 404 or an
+error goes on too, with the read attached (:data:`READ_MADE`), so the route answers
+it without reading again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.caching import ReadHeaders
+from service.api.responses import answer_cancelled
 from service.cache.ready import Headers, ReadyResult, Representation
 from service.core.compression import CompressionStats
 from service.core.negotiation import IDENTITY, choose_coding
+from service.model import StoredResult, is_analysis_id
 
 if TYPE_CHECKING:
-    from service.cache.result_cache import ResultCache
+    from service.cache.result_cache import CachedRead, ResultCache
     from service.monitoring.performance import PerformanceMonitor, RequestSlot
 
 PREFIX: Final = "/results/"
@@ -34,6 +41,9 @@ _PREFIX_LENGTH: Final = len(PREFIX)
 _MAX_REMEMBERED: Final = 1024
 """Distinct Accept-Encoding values whose coding is remembered (a client can send any)."""
 _ODD: Final = frozenset({b"range", b"if-range", b"if-match", b"if-unmodified-since"})
+READ_MADE: Final = "service.read_made"
+"""Scope key under which the hit path hands the route a read it made but does not
+answer (the :class:`CachedRead` of a 404, or the exception the read raised)."""
 
 
 class ReadRequest:
@@ -104,13 +114,15 @@ def answer(
 
 
 class HitPath:
-    """Pure ASGI, in front of everything: L1 hits of ``/results/{id}`` answered from
-    their ready representations (see the module docstring).
+    """Pure ASGI, in front of everything: reads of ``/results/{id}`` answered from their
+    ready representations (see the module docstring).
 
     It finds the :class:`ResultCache` in the lifespan state (``scope["state"]["result_cache"]``).
     With a ``monitor`` it records each answer in the series the monitoring middleware
-    would have used (``endpoint``), so a hit is timed and counted as the route's reads
+    would have used (``endpoint``), so a read is timed and counted as the route's reads
     are; it sits outside that middleware so a hit does not also pay for its wrapping.
+    ``levels`` and ``minimum_size`` are the compression settings the route makes a
+    representation with.
     """
 
     def __init__(
@@ -119,13 +131,18 @@ class HitPath:
         *,
         encodings: Sequence[str],
         read_headers: ReadHeaders,
+        levels: Mapping[str, int] | None = None,
+        minimum_size: int = 0,
         stats: CompressionStats | None = None,
         monitor: PerformanceMonitor | None = None,
         endpoint: str = "/results/{analysis_id}",
     ) -> None:
         self.app = app
         self.encodings = tuple(encodings)
+        self.tails = read_headers.tails
         self.tail = read_headers.tails["l1"]
+        self.levels = dict(levels or {})
+        self.minimum_size = minimum_size
         self.stats = stats
         self.monitor = monitor
         self.endpoint = endpoint
@@ -133,10 +150,10 @@ class HitPath:
         self._codings: dict[str | None, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not await self._answer(scope, send):
+        if scope["type"] != "http" or not await self._answer(scope, receive, send):
             await self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, send: Send) -> bool:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return False
@@ -153,35 +170,62 @@ class HitPath:
         results: ResultCache | None = state.get("result_cache") if state else None
         if results is None:
             return False
-        ready = results.ready(path[_PREFIX_LENGTH:])
-        if ready is None:
-            return False
         request = ReadRequest(scope["headers"])
         if request.odd:
             return False
-        representation = ready.get(self._coding(request.accept))
-        if representation is None:
-            return False  # the route makes it, once
-        results.count_l1_hit()
-        status, headers, body = answer(
-            ready, representation, request, head=method == "HEAD", tail=self.tail, stats=self.stats
-        )
+        analysis_id = path[_PREFIX_LENGTH:]
+        coding = self._coding(request.accept)
+        ready = results.ready(analysis_id)
+        representation = None if ready is None else ready.get(coding)
         monitor = self.monitor
-        if monitor is None:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return True
-        monitor.requests_in_progress += 1
+        if monitor is not None:
+            monitor.requests_in_progress += 1
         try:
+            if ready is not None and representation is not None:
+                results.count_l1_hit()
+                tail = self.tail
+            else:
+                if not is_analysis_id(analysis_id):
+                    return False  # the route's 422
+                read = await self._read(scope, results, analysis_id)
+                if read is None:
+                    return False  # the route answers the error
+                stored = read.found
+                if not isinstance(stored, StoredResult):
+                    scope[READ_MADE] = read
+                    return False  # the route's 404
+                ready = read.ready or ReadyResult(stored)
+                level = self.levels.get(coding, 0)
+                representation = await ready.make(coding, level, self.minimum_size)
+                tail = self.tails[read.source]
+            status, headers, body = answer(
+                ready, representation, request, head=method == "HEAD", tail=tail, stats=self.stats
+            )
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:
+            # Only a read waits on anything: nothing was sent when it is cancelled.
+            await answer_cancelled(scope, receive, send, started=started, answered=False)
+            raise
         finally:
-            monitor.requests_in_progress -= 1
+            if monitor is not None:
+                monitor.requests_in_progress -= 1
+        if monitor is not None:
             slot = self._slots.get(method)
             if slot is None:  # made on first use, as the monitoring middleware does
                 slot = self._slots[method] = monitor.request_slot(method, self.endpoint)
             slot.record(status, perf_counter() - started)
         return True
+
+    @staticmethod
+    async def _read(scope: Scope, results: ResultCache, analysis_id: str) -> CachedRead | None:
+        """The read the route would make; None, with its error left for the route under
+        :data:`READ_MADE` (which maps and logs it, once), when it failed."""
+        try:
+            return await results.get(analysis_id)
+        except Exception as exc:
+            scope[READ_MADE] = exc
+            return None
 
     def _coding(self, accept: str | None) -> str:
         """The coding for this Accept-Encoding value, remembered per distinct value."""

@@ -11,14 +11,17 @@ the request that caused it did (a 1 MB If-Match once came back in a 1 MB 412).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from http import HTTPStatus
+from time import perf_counter
 from typing import Any, Final
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service import errors
 from service.logs import RateLimitedLog
@@ -219,3 +222,27 @@ async def handle_exception(request: Request, exc: Exception) -> Response:
         else:
             logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return problem.response()
+
+
+async def answer_cancelled(
+    scope: Scope, receive: Receive, send: Send, *, started: float, answered: bool
+) -> None:
+    """What a request cancelled under the app leaves: one WARNING line and, when nothing
+    was sent yet, a 503 problem (see :class:`service.app.CancelledRequests`). The caller
+    re-raises the cancellation, as asyncio requires."""
+    logger.warning(
+        "%s %.120r cancelled after %.3f s (server shutting down)%s",
+        scope["method"][:16],
+        scope["path"],  # the client's text: repr'd (no control characters), capped
+        perf_counter() - started,
+        "" if answered else "; answered 503",
+    )
+    if not answered:
+        problem = Problem(
+            503,
+            "the server is shutting down; retry the request",
+            slug="shutting-down",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await problem.response()(scope, receive, send)

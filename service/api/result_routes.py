@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from service.api.body import read_limited, require_json
 from service.api.conditions import parse_if_match, parse_if_none_match_for_write
-from service.api.reads import ReadRequest, answer
+from service.api.reads import READ_MADE, ReadRequest, answer
 from service.api.responses import JSONResponse, Problem, RawResponse, quoted
 from service.api.state import state_of
 from service.cache.ready import ReadyResult
@@ -34,7 +34,10 @@ async def result_item(request: Request) -> Response:
 
 async def _read(request: Request, analysis_id: str) -> Response:
     state = state_of(request)
-    read = await state["result_cache"].get(analysis_id)
+    made = request.scope.pop(READ_MADE, None)  # the hit path read it already
+    if isinstance(made, Exception):
+        raise made
+    read = made or await state["result_cache"].get(analysis_id)
     stored = read.found
     if not isinstance(stored, StoredResult):
         raise Problem(

@@ -2,9 +2,11 @@
 
 One matrix of reads (methods, Accept-Encoding values, conditionals, Range,
 no-transform, ids present, small, deleted, missing and invalid) goes through the hit
-path and through the service built without it, sharing one lifespan state (so one L1).
-Every response must be the same ASGI messages: status, headers in order, body bytes.
-The hit path must also really answer the plain reads, and leave the odd ones alone.
+path and through the service built without it, sharing one lifespan state (so one L1),
+with the cache in each of its shapes: L1 in front of Redis (hits), Redis alone (each
+read a shared hit) and turned off (each read a database read). Every response must be
+the same ASGI messages: status, headers in order, body bytes. The hit path must also
+really answer the plain reads, and leave the odd ones alone.
 """
 
 from __future__ import annotations
@@ -101,13 +103,22 @@ async def exchange(
     return sent
 
 
-@pytest.fixture
+CACHE_SHAPES: dict[str, dict[str, Any]] = {
+    "l1": {},
+    "redis-only": {"l1_max_bytes": 0},
+    "off": {"l1_max_bytes": 0, "redis_url": None},
+}
+
+
+@pytest.fixture(params=list(CACHE_SHAPES))
 async def service(
-    pg_url: str, redis_url: str
+    request: pytest.FixtureRequest, pg_url: str, redis_url: str
 ) -> AsyncIterator[tuple[ASGIApp, dict[str, Any], Settings]]:
-    """The service without a hit path, started; its state; its settings."""
+    """The service without a hit path, started; its state; its settings. Once per
+    shape of the cache."""
     prefix = unique_prefix()
-    settings = Settings(database_url=pg_url, redis_url=redis_url, cache_prefix=prefix, l1_ttl=600)
+    shape: dict[str, Any] = {"redis_url": redis_url, **CACHE_SHAPES[request.param]}
+    settings = Settings(database_url=pg_url, cache_prefix=prefix, l1_ttl=600, **shape)
     app = create_app(settings, hit_path=False)
     async with LifespanManager(app) as manager:
         yield app, manager._state, settings
@@ -125,6 +136,8 @@ def layers(
         behind,
         encodings=settings.compression_encodings,
         read_headers=state["read_headers"],
+        levels=settings.compression_levels,
+        minimum_size=settings.compression_min_size,
         stats=state["compression"],
     )
     return full, fast, behind, state
@@ -143,7 +156,7 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
     missing = f"/results/missing-{unique_prefix()}"
     await exchange(full, state, "GET", missing, [])
     await next_second()  # from here on every response carries Last-Modified
-    for rid in ids.values():  # L1 filled, so both sides answer X-Cache: HIT from here on
+    for rid in ids.values():  # L1 filled (if any): each read from here on is answered alike
         await exchange(full, state, "GET", f"/results/{rid}", [])
 
     first = await exchange(full, state, "GET", f"/results/{ids['big']}", [])
@@ -208,12 +221,13 @@ async def test_the_hit_path_sends_exactly_what_the_full_stack_sends(
     assert answered > 500, "the hit path must really answer the plain reads"
 
 
-async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
+async def test_the_hit_path_answers_reads_and_leaves_the_rest_alone(
     layers: tuple[ASGIApp, HitPath, Recorder, dict[str, Any]],
 ) -> None:
     _, fast, behind, state = layers
+    results = state["result_cache"]
     rid = f"hits-{unique_prefix()}"
-    await state["result_cache"].put(rid, BIG)
+    await results.put(rid, BIG)
     path = f"/results/{rid}"
 
     async def reaches_the_stack(method: str, headers: Headers, target: str = path) -> bool:
@@ -221,10 +235,16 @@ async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
         await exchange(fast, state, method, target, headers)
         return behind.calls > calls
 
-    assert await reaches_the_stack("GET", [])  # a miss: the route fills L1
+    def reads() -> int:
+        """Reads through the cache so far, whichever tier answered."""
+        stats = results.stats()
+        total: int = stats.l1_hits + stats.shared_hits + stats.loads + stats.stale
+        return total
+
+    assert not await reaches_the_stack("GET", [])  # a miss is read, as the route reads it
     assert not await reaches_the_stack("GET", [])
     assert not await reaches_the_stack("HEAD", [])
-    assert await reaches_the_stack("GET", [("accept-encoding", "br")])  # br not made yet
+    assert not await reaches_the_stack("GET", [("accept-encoding", "br")])  # made here
     assert not await reaches_the_stack("GET", [("accept-encoding", "br")])
     assert not await reaches_the_stack("GET", [("if-none-match", '"1"')])
     for odd in (
@@ -237,11 +257,15 @@ async def test_the_hit_path_answers_hits_and_leaves_the_rest_alone(
     ):
         assert await reaches_the_stack("GET", odd), odd
     assert await reaches_the_stack("PUT", [])
+    assert await reaches_the_stack("GET", [], "/results/a/b")  # the route's 422
+    before = reads()
     assert await reaches_the_stack("GET", [], f"/results/missing-{unique_prefix()}")
-    await state["result_cache"].put(rid, SMALL)  # a write drops the L1 entry at once
-    assert await reaches_the_stack("GET", [])
-    stats = state["result_cache"].stats()
-    assert stats.l1_hits >= 5
+    assert reads() == before + 1, "the route answers the 404 from the hit path's read"
+    await results.put(rid, SMALL)  # a write drops the L1 entry at once
+    answer = await exchange(fast, state, "GET", path, [])
+    assert answer[1]["body"] == SMALL
+    if results.l1 is not None:
+        assert results.stats().l1_hits >= 4
 
 
 async def test_middleware_that_edits_headers_in_place_cannot_corrupt_later_hits(

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -39,6 +40,7 @@ from tests.helpers import (
     free_port,
     get_or_zero,
     parse,
+    side_dsn,
     unique_id,
     unique_prefix,
 )
@@ -480,6 +482,44 @@ async def test_a_request_cancelled_by_the_graceful_timeout_is_one_warning(
     assert "/results/slow-" in cancelled[0].getMessage()
     told = [r for r in caplog.records if r.getMessage().startswith("Cancel 1 running task")]
     assert [r.levelname for r in told] == ["WARNING"]  # uvicorn's ERROR, demoted
+    assert_no_errors(caplog)
+
+
+async def test_a_read_cancelled_by_the_graceful_timeout_is_one_warning(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a read that waits on the database, which the hit path answers
+    before the framework runs: its read waits on a table lock until the shutdown
+    cancels it."""
+    caplog.set_level(logging.INFO)
+    quiet_shutdown_cancellations()
+    locker = await asyncpg.connect(side_dsn(settings.database.render_as_string(False)))
+    try:
+        async with asyncio.timeout(40):
+            async with serving(settings, graceful=1) as server:
+                await locker.execute("BEGIN; LOCK TABLE results IN ACCESS EXCLUSIVE MODE")
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+                writer.write(
+                    b"GET /results/%s HTTP/1.1\r\nHost: service\r\n\r\n"
+                    % (unique_id("waits").encode())
+                )
+                await writer.drain()
+                await asyncio.sleep(0.3)  # in flight: waiting for the lock
+                server.should_exit = True
+            status, headers, body = await read_response(reader)
+            writer.close()
+    finally:
+        await locker.close()
+        logger = logging.getLogger("uvicorn.error")
+        for installed in [f for f in logger.filters if isinstance(f, ShutdownCancellations)]:
+            logger.removeFilter(installed)
+    assert status == 503
+    assert headers["content-type"] == PROBLEM
+    assert b"/problems/shutting-down" in body
+    cancelled = [r for r in caplog.records if "cancelled after" in r.getMessage()]
+    assert len(cancelled) == 1, [r.getMessage() for r in cancelled]
+    assert cancelled[0].levelno == logging.WARNING
+    assert "GET '/results/waits-" in cancelled[0].getMessage()
     assert_no_errors(caplog)
 
 
