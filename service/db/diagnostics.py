@@ -652,6 +652,137 @@ async def sequences(conn: AsyncConnection, limits: Thresholds) -> Check:
     )
 
 
+async def unindexed_foreign_keys(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """A foreign key is covered by a valid, non-partial index whose first columns are
+    the key's columns (in any order). Without one, each delete or key change of a
+    referenced row scans the referencing table for rows that point at it, and joins on
+    the key cannot use an index."""
+    name, title = "unindexed_foreign_keys", "Foreign keys without an index"
+    source = "pg-index-health foreign_key_without_index (postgres_dba i3)"
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', n.nspname, t.relname) AS "table",
+               quote_ident(c.conname) AS "constraint",
+               format('%I.%I', rn.nspname, r.relname) AS referenced,
+               ARRAY(SELECT quote_ident(a.attname)
+                     FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+                     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+                     ORDER BY k.ord) AS columns,
+               COALESCE(s.n_live_tup, 0) AS rows,
+               pg_relation_size(c.conrelid) AS size
+        FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        JOIN pg_class r ON r.oid = c.confrelid
+        JOIN pg_namespace rn ON rn.oid = r.relnamespace
+        LEFT JOIN pg_stat_user_tables s ON s.relid = c.conrelid
+        WHERE c.contype = 'f'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_index i
+              WHERE i.indrelid = c.conrelid AND i.indisvalid AND i.indpred IS NULL
+                AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+                AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey
+          )
+        ORDER BY 1, 2
+        """,
+    )
+    findings = tuple(
+        Finding(
+            subject=f"{row['table']}.{row['constraint']}",
+            detail=f"{row['table']} ({', '.join(row['columns'])}) references"
+            f" {row['referenced']} with no index starting with those columns;"
+            f" {row['rows']} rows",
+            recommendation="index the key's columns: a delete or key change in"
+            f" {row['referenced']} then finds the rows that point at it by the index",
+            ddl=f"CREATE INDEX CONCURRENTLY ON {row['table']} ({', '.join(row['columns'])});",
+            saves=f"a scan of {row['table']} ({pretty_bytes(row['size'])}) on every delete or"
+            f" key change in {row['referenced']}, and on joins by the key",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(name, title, source, findings=findings)
+
+
+async def not_valid_constraints(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """A CHECK or FOREIGN KEY constraint added NOT VALID holds for new rows only until it
+    is validated: the rows before it were never checked, and the planner cannot rely on
+    it. Validating takes a SHARE UPDATE EXCLUSIVE lock (writes go on)."""
+    name, title = "not_valid_constraints", "Constraints not validated"
+    source = "pg-index-health not_valid_constraints"
+    found = await rows(
+        conn,
+        """
+        SELECT format('%I.%I', n.nspname, t.relname) AS "table",
+               quote_ident(c.conname) AS "constraint",
+               CASE c.contype WHEN 'c' THEN 'check' ELSE 'foreign key' END AS kind,
+               pg_get_constraintdef(c.oid) AS definition
+        FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE NOT c.convalidated AND c.contype IN ('c', 'f')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2
+        """,
+    )
+    findings = tuple(
+        Finding(
+            subject=f"{row['table']}.{row['constraint']}",
+            detail=f"{row['kind']} constraint added NOT VALID and never validated:"
+            f" {row['definition']}",
+            recommendation="validate it; a row that breaks it makes the statement fail and"
+            " names the row to fix",
+            ddl=f"ALTER TABLE {row['table']} VALIDATE CONSTRAINT {row['constraint']};",
+            saves="rows that break the rule going unnoticed, and plans that cannot use it",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(name, title, source, findings=findings)
+
+
+async def replication_slots(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """An inactive replication slot keeps every WAL segment since its consumer last
+    confirmed (physical slots, and logical slots' catalog rows too) until the disk is
+    full, unless ``max_slot_wal_keep_size`` bounds it. Slots are the cluster's, so this
+    check reads them whichever database the report is on."""
+    name, title = "replication_slots", "Inactive replication slots"
+    source = "PgHero replication_slots (inactive slots), with the WAL each one holds"
+    found = await rows(
+        conn,
+        """
+        SELECT slot_name AS slot, quote_literal(slot_name) AS literal,
+               slot_type AS type, database, wal_status,
+               pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                    ELSE pg_current_wal_lsn() END,
+                               restart_lsn)::bigint AS retained
+        FROM pg_replication_slots
+        WHERE NOT active
+        ORDER BY 1
+        """,
+    )
+    findings = tuple(
+        Finding(
+            subject=row["slot"],
+            detail=f"{row['type']} slot{' of ' + row['database'] if row['database'] else ''}"
+            " with no consumer connected, holding "
+            + (pretty_bytes(row["retained"]) + " of WAL" if row["retained"] else "no WAL yet")
+            + (f" (wal_status {row['wal_status']})" if row["wal_status"] else ""),
+            recommendation="drop it if its consumer (a standby, a logical subscriber) is"
+            " gone for good; otherwise bring the consumer back",
+            ddl=f"SELECT pg_drop_replication_slot({row['literal']});",
+            saves=f"{pretty_bytes(row['retained'] or 0)} of WAL on disk, growing with every"
+            " write until the disk is full",
+            severity="critical" if row["wal_status"] in ("unreserved", "lost") else "warning",
+            data=row,
+        )
+        for row in found
+    )
+    return Check(name, title, source, findings=findings)
+
+
 async def has_extension(conn: AsyncConnection, name: str) -> bool:
     found = await rows(conn, "SELECT 1 AS yes FROM pg_extension WHERE extname = :name", name=name)
     return bool(found)
@@ -718,6 +849,9 @@ CHECKS: Sequence[CheckFn] = (
     long_running_queries,
     blocked_queries,
     sequences,
+    unindexed_foreign_keys,
+    not_valid_constraints,
+    replication_slots,
     slow_queries,
 )
 """Every PostgreSQL check, in the order a report lists them."""

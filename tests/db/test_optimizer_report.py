@@ -577,6 +577,113 @@ async def test_identifiers_are_quoted_in_ddl(db: Database) -> None:
     assert subjects(await make_report(db), "unused_indexes") == ["public.ix"]
 
 
+async def test_foreign_keys_without_an_index(db: Database) -> None:
+    """A foreign key is reported when no valid, non-partial index starts with its
+    columns (in any order); the CREATE INDEX it recommends makes the finding go."""
+    await run_sql(
+        db,
+        "CREATE TABLE customers (id integer PRIMARY KEY, region integer, UNIQUE (id, region))",
+        "CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer REFERENCES customers)",
+        "INSERT INTO customers SELECT i, i % 5 FROM generate_series(1, 50) AS i",
+        "INSERT INTO orders SELECT i, 1 + i % 50 FROM generate_series(1, 500) AS i",
+        # Covered: the primary key starts with the key's column.
+        "CREATE TABLE lines (order_id integer REFERENCES orders, n integer,"
+        " PRIMARY KEY (order_id, n))",
+        # Covered: two columns, indexed in the other order, then a third.
+        "CREATE TABLE visits (customer integer, region integer, at integer,"
+        " FOREIGN KEY (customer, region) REFERENCES customers (id, region))",
+        "CREATE INDEX visits_idx ON visits (region, customer, at)",
+        # Not covered: a partial index, and an index where the column comes second.
+        'CREATE TABLE "re""turns" (customer_id integer REFERENCES customers, n integer)',
+        'CREATE INDEX returns_partial ON "re""turns" (customer_id) WHERE customer_id > 0',
+        'CREATE INDEX returns_second ON "re""turns" (n, customer_id)',
+    )
+    report = await make_report(db)
+    assert subjects(report, "unindexed_foreign_keys") == [
+        'public."re""turns"."re""turns_customer_id_fkey"',
+        "public.orders.orders_customer_id_fkey",
+    ]
+    orders = finding(report, "unindexed_foreign_keys", "public.orders.orders_customer_id_fkey")
+    assert orders.ddl == "CREATE INDEX CONCURRENTLY ON public.orders (customer_id);"
+    assert "public.customers" in orders.detail
+    assert orders.data["columns"] == ["customer_id"]
+    weird = finding(
+        report, "unindexed_foreign_keys", 'public."re""turns"."re""turns_customer_id_fkey"'
+    )
+    assert weird.ddl == 'CREATE INDEX CONCURRENTLY ON public."re""turns" (customer_id);'
+    assert_json_ready(report)
+
+    async with optimizer(db) as opt:
+        await opt.apply(orders)
+        await opt.apply(weird)
+    assert subjects(await make_report(db), "unindexed_foreign_keys") == []
+
+
+async def test_constraints_added_not_valid(db: Database) -> None:
+    """CHECK and FOREIGN KEY constraints added NOT VALID are reported with the VALIDATE
+    to run; a validated one is not. VALIDATE succeeds where every row holds, and fails
+    naming the rule where one does not."""
+    await run_sql(
+        db,
+        "CREATE TABLE parent (id integer PRIMARY KEY)",
+        "CREATE TABLE child (parent_id integer)",
+        "CREATE INDEX ON child (parent_id)",
+        "ALTER TABLE child ADD CONSTRAINT child_parent FOREIGN KEY (parent_id)"
+        " REFERENCES parent NOT VALID",
+        "CREATE TABLE amounts (n integer)",
+        "INSERT INTO amounts VALUES (-1), (5)",
+        "ALTER TABLE amounts ADD CONSTRAINT n_positive CHECK (n > 0) NOT VALID",
+        "ALTER TABLE amounts ADD CONSTRAINT n_small CHECK (n < 100)",
+    )
+    report = await make_report(db)
+    assert subjects(report, "not_valid_constraints") == [
+        "public.amounts.n_positive",
+        "public.child.child_parent",
+    ]
+    positive = finding(report, "not_valid_constraints", "public.amounts.n_positive")
+    assert positive.ddl == "ALTER TABLE public.amounts VALIDATE CONSTRAINT n_positive;"
+    assert "CHECK ((n > 0))" in positive.detail
+    child = finding(report, "not_valid_constraints", "public.child.child_parent")
+    assert child.data["kind"] == "foreign key"
+    assert_json_ready(report)
+
+    async with session(db) as conn:
+        assert child.ddl is not None
+        assert positive.ddl is not None
+        await conn.execute(child.ddl)
+        with pytest.raises(asyncpg.CheckViolationError, match="n_positive"):
+            await conn.execute(positive.ddl)
+        await conn.execute("DELETE FROM amounts WHERE n <= 0")
+        await conn.execute(positive.ddl)
+    assert subjects(await make_report(db), "not_valid_constraints") == []
+
+
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_inactive_replication_slots() -> None:
+    """On a private cluster: a physical slot that reserved WAL and has no consumer is
+    reported with the WAL it holds and the call that drops it; once dropped, the check
+    is quiet."""
+    async with private_postgres(["max_wal_size=64MB"]) as cluster:
+        db = Database("postgres", cluster.dsn)
+        report = await make_report(db)
+        assert report.check("replication_slots").findings == ()
+        async with session(db) as conn:
+            await conn.execute("SELECT pg_create_physical_replication_slot('old_standby', true)")
+            await conn.execute("CREATE TABLE filler AS SELECT i FROM generate_series(1, 100000) i")
+        report = await make_report(db)
+        slot = finding(report, "replication_slots", "old_standby")
+        assert slot.ddl == "SELECT pg_drop_replication_slot('old_standby');"
+        assert slot.data["type"] == "physical"
+        assert slot.data["retained"] > 1_000_000, slot.data
+        assert "of WAL" in slot.detail
+        assert slot.severity == "warning"
+        assert_json_ready(report)
+        async with session(db) as conn:
+            await conn.execute(slot.ddl)
+        assert (await make_report(db)).check("replication_slots").findings == ()
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
