@@ -54,6 +54,11 @@ class Thresholds:
     autovacuum_ids_left: int = 2_000_000
     slow_query_ms: float = 20.0
     slow_query_calls: int = 100
+    replication_lag_seconds: float = 30.0
+    """Ours: how far behind (replay) a standby may be before it is reported."""
+    replication_lag_bytes: int = 256 * 1024 * 1024
+    """Ours: WAL a standby may have to replay (or, seen from the primary, to receive and
+    replay) before it is reported, however recent the last replayed commit."""
     bloat_min_bytes: int = 10 * 1024 * 1024
     """Ours: space a table or index wastes, below which bloat is not worth a rewrite."""
     bloat_share: float = 0.5
@@ -787,6 +792,71 @@ async def replication_slots(conn: AsyncConnection, limits: Thresholds) -> Check:
     return Check(name, title, source, findings=findings)
 
 
+async def replication_lag(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """How far replicas are behind. On a primary, each standby streaming from it
+    (``pg_stat_replication``): WAL it has not replayed yet, and the replay lag it last
+    reported while it has some. On a standby, as PgHero measures it: the time since the last
+    replayed commit, counted only while received WAL waits to be replayed (an idle
+    primary is not lag), and the bytes waiting."""
+    name, title = "replication_lag", "Replication lag"
+    source = (
+        f"PgHero replication_lag; ours: over {limits.replication_lag_seconds:g} s or"
+        f" {pretty_bytes(limits.replication_lag_bytes)} behind"
+    )
+    standby = (await rows(conn, "SELECT pg_is_in_recovery() AS standby"))[0]["standby"]
+    if standby:
+        found = await rows(
+            conn,
+            """
+            SELECT 'this standby' AS replica, pg_is_wal_replay_paused() AS paused,
+                   CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                        ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
+                   END::float8 AS seconds,
+                   COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(),
+                                            pg_last_wal_replay_lsn()), 0)::bigint AS bytes
+            """,
+        )
+    else:
+        found = await rows(
+            conn,
+            """
+            SELECT format('%s (%s)', application_name, COALESCE(host(client_addr), 'local'))
+                     AS replica,
+                   false AS paused, state,
+                   -- The last measured lag stays shown a while after the standby caught up.
+                   CASE WHEN replay_lsn = pg_current_wal_lsn() THEN 0
+                        ELSE COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)
+                   END::float8 AS seconds,
+                   COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
+                     AS bytes
+            FROM pg_stat_replication
+            ORDER BY 1
+            """,
+        )
+    findings = tuple(
+        Finding(
+            subject=row["replica"],
+            detail=f"replay {row['seconds']:.1f} s and {pretty_bytes(row['bytes'])} of WAL"
+            " behind" + (" (replay is paused)" if row["paused"] else ""),
+            recommendation="resume replay: it was paused by hand"
+            if row["paused"]
+            else "look at the standby's disk and CPU, and at queries there that hold replay"
+            " back (max_standby_streaming_delay); reads it serves are that far behind",
+            ddl="SELECT pg_wal_replay_resume();" if row["paused"] else None,
+            saves="reads from the replica that miss recent writes, and a failover that"
+            " would lose or wait for them",
+            severity="critical"
+            if row["seconds"] > 10 * limits.replication_lag_seconds
+            else "warning",
+            data=row,
+        )
+        for row in found
+        if row["seconds"] > limits.replication_lag_seconds
+        or row["bytes"] > limits.replication_lag_bytes
+    )
+    return Check(name, title, source, findings=findings)
+
+
 _BLOAT_ESTIMATE = """
 WITH widths AS (
     SELECT s.schemaname, s.tablename, s.attname, s.avg_width
@@ -1003,6 +1073,7 @@ CHECKS: Sequence[CheckFn] = (
     unindexed_foreign_keys,
     not_valid_constraints,
     replication_slots,
+    replication_lag,
     bloat,
     slow_queries,
 )

@@ -28,7 +28,7 @@ from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
 from tests.helpers import Database, scratch_database
-from tests.support.private_postgres import private_postgres
+from tests.support.private_postgres import private_postgres, private_standby
 
 POLL_SECONDS = 5.0
 """How long a statistic may take to show up in a report."""
@@ -729,6 +729,65 @@ async def test_inactive_replication_slots() -> None:
         async with session(db) as conn:
             await conn.execute(slot.ddl)
         assert (await make_report(db)).check("replication_slots").findings == ()
+
+
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_replication_lag_seen_from_the_primary_and_the_standby() -> None:
+    """A private primary and a streaming standby of it: quiet while the standby keeps
+    up; with its replay paused and WAL written on the primary, the standby's report
+    names the pause and the statement that resumes it, and the primary's names the
+    standby and the bytes it has not replayed; quiet again once replay resumes."""
+    limits = Thresholds(replication_lag_seconds=1, replication_lag_bytes=1024 * 1024)
+    async with (
+        asyncio.timeout(90),
+        private_postgres() as primary,
+        private_standby(primary) as standby,
+    ):
+        on_primary, on_standby = (
+            Database("postgres", primary.dsn),
+            Database("postgres", standby.dsn),
+        )
+        async with session(on_primary) as conn:
+            await conn.execute("CREATE TABLE marks (n integer)")
+        for db in (on_primary, on_standby):
+            await report_until(db, quiet_on("replication_lag", "this standby"), "caught up", limits)
+            assert (await make_report(db, limits)).check("replication_lag").findings == ()
+        async with session(on_standby) as conn:
+            await conn.execute("SELECT pg_wal_replay_pause()")
+        async with session(on_primary) as conn:
+            await conn.execute("INSERT INTO marks SELECT i FROM generate_series(1, 200000) AS i")
+        await asyncio.sleep(1.5)  # past the one-second threshold
+
+        report = await report_until(
+            on_standby, reports("replication_lag", "this standby"), "the paused standby", limits
+        )
+        paused = finding(report, "replication_lag", "this standby")
+        assert paused.ddl == "SELECT pg_wal_replay_resume();"
+        assert paused.data["paused"] is True
+        assert paused.data["bytes"] > 1024 * 1024, paused.data
+        assert_json_ready(report)
+
+        report = await report_until(
+            on_primary,
+            lambda r: bool(r.check("replication_lag").findings),
+            "the standby, seen from the primary",
+            limits,
+        )
+        (behind,) = report.check("replication_lag").findings
+        assert behind.subject == "walreceiver (127.0.0.1)"
+        assert behind.data["bytes"] > 1024 * 1024, behind.data
+        assert behind.ddl is None
+
+        async with session(on_standby) as conn:
+            await conn.execute(paused.ddl)
+        for db in (on_standby, on_primary):
+            await report_until(
+                db,
+                lambda r: r.check("replication_lag").findings == (),
+                "caught up again",
+                limits,
+            )
 
 
 @pytest.mark.slow

@@ -134,12 +134,7 @@ async def private_postgres(options: Sequence[str] = ()) -> AsyncIterator[Private
     each passed as ``-c`` whenever the cluster starts. Always stopped and deleted
     afterwards, also when the body fails.
     """
-    root = Path(tempfile.mkdtemp(prefix="svc-pg-"))
-    try:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam(OS_USER)
-            os.chown(root, user.pw_uid, user.pw_gid)
-        cluster = PrivateCluster(root, free_port(), postgres_bin(), tuple(options))
+    async with _new_cluster(postgres_bin(), options) as cluster:
         await _run(
             str(cluster.bin / "initdb"),
             "-D",
@@ -151,22 +146,65 @@ async def private_postgres(options: Sequence[str] = ()) -> AsyncIterator[Private
             "--no-sync",
             "--no-instructions",
         )
-        try:
-            await cluster.start()
+        async with _running(cluster):
             yield cluster
-        finally:
-            if await cluster.running():
-                try:
-                    await cluster.stop()
-                except AssertionError:  # never leave a postmaster behind on a deleted dir
-                    await _run(
-                        str(cluster.bin / "pg_ctl"),
-                        "-D",
-                        str(cluster.data),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "stop",
-                    )
+
+
+@asynccontextmanager
+async def private_standby(primary: PrivateCluster) -> AsyncIterator[PrivateCluster]:
+    """A streaming standby of ``primary`` (``pg_basebackup -R``), on a free port, with
+    the primary's settings; stopped and deleted afterwards. initdb's trust rules let
+    127.0.0.1 connect for replication."""
+    async with _new_cluster(primary.bin, primary.settings) as standby:
+        await _run(
+            str(standby.bin / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        )
+        async with _running(standby):
+            yield standby
+
+
+@asynccontextmanager
+async def _new_cluster(bin_dir: Path, options: Sequence[str]) -> AsyncIterator[PrivateCluster]:
+    """A cluster's place: a temporary directory the postgres user owns, a free port."""
+    root = Path(tempfile.mkdtemp(prefix="svc-pg-"))
+    try:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(OS_USER)
+            os.chown(root, user.pw_uid, user.pw_gid)
+        yield PrivateCluster(root, free_port(), bin_dir, tuple(options))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _running(cluster: PrivateCluster) -> AsyncIterator[None]:
+    """``cluster`` started, and stopped afterwards, also when the body fails."""
+    try:
+        await cluster.start()
+        yield
+    finally:
+        if await cluster.running():
+            try:
+                await cluster.stop()
+            except AssertionError:  # never leave a postmaster behind on a deleted dir
+                await _run(
+                    str(cluster.bin / "pg_ctl"),
+                    "-D",
+                    str(cluster.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                )
