@@ -59,6 +59,12 @@ class Thresholds:
     replication_lag_bytes: int = 256 * 1024 * 1024
     """Ours: WAL a standby may have to replay (or, seen from the primary, to receive and
     replay) before it is reported, however recent the last replayed commit."""
+    forced_checkpoints: int = 10
+    """Ours: checkpoints forced by WAL volume (and more of them than timed ones) before
+    max_wal_size is reported as too small."""
+    temp_bytes: int = 1024 * 1024 * 1024
+    """Ours: bytes this database's queries spilled to temporary files since statistics
+    were reset, from which a default-sized work_mem is reported."""
     bloat_min_bytes: int = 10 * 1024 * 1024
     """Ours: space a table or index wastes, below which bloat is not worth a rewrite."""
     bloat_share: float = 0.5
@@ -857,6 +863,111 @@ async def replication_lag(conn: AsyncConnection, limits: Thresholds) -> Check:
     return Check(name, title, source, findings=findings)
 
 
+async def settings(conn: AsyncConnection, limits: Thresholds) -> Check:
+    """Server settings that are unsafe, or that the server's own counters show are too
+    small for this workload. Settings are the cluster's: the report judges whichever
+    server it is on. Each finding's statement sets the value with ALTER SYSTEM and
+    reloads (none of these needs a restart)."""
+    name, title = "settings", "Server settings"
+    source = (
+        "PostgreSQL documentation (WAL reliability, routine vacuuming, checkpoints,"
+        f" work_mem); ours: {limits.forced_checkpoints} forced checkpoints,"
+        f" {pretty_bytes(limits.temp_bytes)} of temporary files"
+    )
+    found = (
+        await rows(
+            conn,
+            """
+            SELECT current_setting('fsync') AS fsync,
+                   current_setting('full_page_writes') AS full_page_writes,
+                   current_setting('autovacuum') AS autovacuum,
+                   current_setting('track_counts') AS track_counts,
+                   (SELECT setting::bigint FROM pg_settings WHERE name = 'max_wal_size')
+                     AS max_wal_size_mb,
+                   (SELECT setting::bigint FROM pg_settings WHERE name = 'work_mem')
+                     AS work_mem_kb,
+                   b.checkpoints_timed AS timed, b.checkpoints_req AS forced,
+                   d.temp_files, d.temp_bytes
+            FROM pg_stat_bgwriter b, pg_stat_database d
+            WHERE d.datname = current_database()
+            """,
+        )
+    )[0]
+    findings = []
+
+    def unsafe(setting: str, detail: str, saves: str) -> None:
+        findings.append(
+            Finding(
+                subject=setting,
+                detail=detail,
+                recommendation=f"turn {setting} on",
+                ddl=f"ALTER SYSTEM SET {setting} = on; SELECT pg_reload_conf();",
+                saves=saves,
+                severity="critical",
+                data={setting: found[setting]},
+            )
+        )
+
+    if found["fsync"] == "off":
+        unsafe(
+            "fsync",
+            "fsync is off: a crash of the machine can leave the database corrupted",
+            "the database after a power loss or kernel crash",
+        )
+    if found["full_page_writes"] == "off":
+        unsafe(
+            "full_page_writes",
+            "full_page_writes is off: a crash during a page write"
+            " can leave a torn page that recovery cannot repair",
+            "torn pages after a crash",
+        )
+    if found["autovacuum"] == "off":
+        unsafe(
+            "autovacuum",
+            "autovacuum is off: dead rows pile up, statistics go stale,"
+            " and only manual VACUUM prevents transaction ID wraparound",
+            "bloat, stale plans, and a forced shutdown at wraparound",
+        )
+    if found["track_counts"] == "off":
+        unsafe(
+            "track_counts",
+            "track_counts is off: autovacuum cannot see what changed, and"
+            " this report's usage checks read nothing",
+            "autovacuum working blind",
+        )
+    if found["forced"] >= limits.forced_checkpoints and found["forced"] > found["timed"]:
+        size = found["max_wal_size_mb"]
+        findings.append(
+            Finding(
+                subject="max_wal_size",
+                detail=f"{found['forced']} of {found['forced'] + found['timed']} checkpoints"
+                f" were forced by WAL volume: max_wal_size ({size} MB) fills before"
+                " checkpoint_timeout",
+                recommendation="raise max_wal_size so checkpoints come on time; each forced"
+                " one writes every dirty page and makes the next writes log full pages",
+                ddl=f"ALTER SYSTEM SET max_wal_size = '{2 * size}MB'; SELECT pg_reload_conf();",
+                saves="write bursts and the extra WAL of full-page images after each checkpoint",
+                data={key: found[key] for key in ("forced", "timed", "max_wal_size_mb")},
+            )
+        )
+    if found["temp_bytes"] >= limits.temp_bytes and found["work_mem_kb"] <= 4096:
+        findings.append(
+            Finding(
+                subject="work_mem",
+                detail=f"queries in this database spilled {pretty_bytes(found['temp_bytes'])}"
+                f" to {found['temp_files']} temporary files, with work_mem at its default"
+                f" ({found['work_mem_kb'] // 1024} MB)",
+                recommendation="raise work_mem for the sessions that sort or hash large sets"
+                " (SET work_mem), or for all if memory allows: each sort or hash of each"
+                " connection may use that much",
+                saves="sorts and hashes on disk instead of in memory",
+                severity="info",
+                data={key: found[key] for key in ("temp_files", "temp_bytes", "work_mem_kb")},
+            )
+        )
+    return Check(name, title, source, findings=tuple(findings))
+
+
 _BLOAT_ESTIMATE = """
 WITH widths AS (
     SELECT s.schemaname, s.tablename, s.attname, s.avg_width
@@ -1075,6 +1186,7 @@ CHECKS: Sequence[CheckFn] = (
     replication_slots,
     replication_lag,
     bloat,
+    settings,
     slow_queries,
 )
 """Every PostgreSQL check, in the order a report lists them."""
