@@ -130,6 +130,12 @@ class ConnectionPool:
         )
         self._waiting = 0
         self._timeouts = 0
+        self._connect_errors: tuple[type[BaseException], ...] = (
+            DBAPIError,
+            OSError,
+            # raw_connection() (run_driver) raises the driver's own errors, unwrapped.
+            self._engine.dialect.loaded_dbapi.Error,
+        )
         self._gate = _FairGate(pool_size + max_overflow, pool_timeout)
         self.on_acquire: Callable[[float], None] | None = None
         """Called with the seconds each successful checkout waited (metrics use it)."""
@@ -337,7 +343,7 @@ class ConnectionPool:
         except PoolTimeoutError:
             self._timeouts += 1
             raise PoolExhausted("every database connection stayed busy; try again") from None
-        except (DBAPIError, OSError) as exc:
+        except self._connect_errors as exc:
             raise DatabaseUnavailable(f"database unavailable: {_describe(exc)}") from exc
         finally:
             self._waiting -= 1

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
+from service.db._engine import await_
 from service.db.pool import ConnectionPool
 from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
 from tests.helpers import closed_port, side_dsn
@@ -143,10 +144,18 @@ async def test_unreachable_database_is_reported_fast() -> None:
 
 
 async def test_missing_database_is_unavailable_not_a_crash(pg_url: str) -> None:
+    """The server refuses the connection (as it does while starting up): every way in
+    says DatabaseUnavailable, run_driver too, whose checkout sees the driver's own
+    error rather than SQLAlchemy's wrapped one."""
     url = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     async with ConnectionPool(url) as pool:
         with pytest.raises(DatabaseUnavailable):
             await pool.ping()
+        with pytest.raises(DatabaseUnavailable):
+            await pool.run(lambda conn: conn.execute(text("SELECT 1")))
+        with pytest.raises(DatabaseUnavailable, match="does not exist"):
+            await pool.run_driver(lambda driver: await_(driver.fetchval("SELECT 1")))
+        assert pool.stats().checked_out == 0
 
 
 async def test_password_never_appears_in_safe_url() -> None:
