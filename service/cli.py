@@ -161,6 +161,23 @@ def _db_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db_snapshot(args: argparse.Namespace, settings: Settings) -> int:
+    """Take a snapshot of query statistics and table sizes for the report's history."""
+    from service.db.history import Snapshot
+    from service.wiring import connection_pool, query_optimizer
+
+    async def run() -> Snapshot:
+        async with connection_pool(settings) as pool:
+            return await query_optimizer(settings, pool).snapshot()
+
+    taken = asyncio.run(run())
+    print(
+        f"snapshot {taken.id} at {taken.taken_at.isoformat()}: {taken.statements} statements,"
+        f" {taken.tables} tables" + (f" ({taken.note})" if taken.note else "")
+    )
+    return 0
+
+
 def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
     """Run ANALYZE or VACUUM (ANALYZE) table by table; print what ran, with timings."""
     from service.db.optimization import MaintenanceRun
@@ -233,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(run=_db_report)
+    snapshot = db_commands.add_parser(
+        "snapshot", help="record query statistics and table sizes; the report shows changes"
+    )
+    snapshot.set_defaults(run=_db_snapshot)
     maintain = db_commands.add_parser(
         "maintain", help="ANALYZE or VACUUM (ANALYZE), one table at a time"
     )

@@ -65,6 +65,15 @@ class Thresholds:
     temp_bytes: int = 1024 * 1024 * 1024
     """Ours: bytes this database's queries spilled to temporary files since statistics
     were reset, from which a default-sized work_mem is reported."""
+    mean_growth: float = 0.5
+    """Ours: how much a statement's mean time between two snapshots must exceed its mean
+    until the first for the report's history to name it."""
+    changed_calls: int = 10
+    """Ours: calls between two snapshots below which a statement's mean is not judged."""
+    growing_tables: int = 5
+    """Ours: how many of the fastest-growing tables the history names."""
+    growing_min_bytes: int = 1024 * 1024
+    """Ours: growth between two snapshots below which a table is not named."""
     bloat_min_bytes: int = 10 * 1024 * 1024
     """Ours: space a table or index wastes, below which bloat is not worth a rewrite."""
     bloat_share: float = 0.5

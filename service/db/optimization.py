@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import defaults
-from service.db import advisor, diagnostics
+from service.db import advisor, diagnostics, history
 from service.db.diagnostics import Thresholds
 from service.db.pool import ConnectionPool, sqlstate
 from service.db.report import Check, Finding, Report, pretty_bytes
@@ -234,6 +234,14 @@ class QueryOptimizer:
         async with self.pool.connection() as conn:
             return await self._resolve(conn, None)
 
+    async def snapshot(self, keep: int = history.KEEP) -> history.Snapshot:
+        """Record the statements' statistics and the tables' sizes now, for the report's
+        ``changes`` check (see :mod:`service.db.history`); keep the newest ``keep``."""
+        if self.pool.dialect != "postgresql":
+            raise OptimizerError("snapshots read PostgreSQL's statistics: not on SQLite")
+        async with self.pool.connection() as conn:
+            return await history.take(conn, keep)
+
     async def apply(self, finding: Finding) -> float:
         """Run the DDL a report recommended; return the seconds it took.
 
@@ -269,6 +277,7 @@ class QueryOptimizer:
             )[0]
             checks = [await check(conn, self.thresholds) for check in diagnostics.CHECKS]
             checks.append(await advisor.suggested_indexes(conn, self.thresholds))
+            checks.append(await history.changes(conn, self.thresholds))
             return Report(
                 database=info["name"],
                 dialect="postgresql",
@@ -404,7 +413,9 @@ async def maintain_periodically(optimizer: QueryOptimizer, operation: str, inter
     A run that finds another replica maintaining, or the database away, is logged and
     skipped: the next interval tries again. Replicas started together would all try at
     once; the advisory lock lets one through and the rest skip; one that comes later in
-    the same interval finds the tables maintained and skips too.
+    the same interval finds the tables maintained and skips too. Each interval also
+    takes a snapshot for the report's history (on PostgreSQL), unless someone took one
+    within it.
     """
     while True:
         await asyncio.sleep(interval)
@@ -415,6 +426,14 @@ async def maintain_periodically(optimizer: QueryOptimizer, operation: str, inter
             logger.info("periodic maintenance skipped: another caller is maintaining")
         except (ServiceError, DBAPIError) as exc:
             logger.warning("periodic maintenance failed: %s", type(exc).__name__)
+        if optimizer.pool.dialect != "postgresql":
+            continue
+        try:
+            async with optimizer.pool.connection() as conn:
+                if not await history.taken_within(conn, interval * 0.9):
+                    await history.take(conn)
+        except (ServiceError, DBAPIError) as exc:
+            logger.warning("periodic snapshot failed: %s", type(exc).__name__)
 
 
 _DONE_WITHIN = {

@@ -198,7 +198,11 @@ async def test_healthy_database_has_no_findings(db: Database) -> None:
     assert report.database == db.name
     assert report.server_version.startswith("15")
     ran = [check for check in report.checks if check.ran]
-    assert len(ran) == len(report.checks) - 2
+    assert len(ran) == len(report.checks) - 3  # no pg_stat_statements, hypopg, snapshots
+    changes = report.check("changes")
+    assert not changes.ran
+    assert changes.note is not None
+    assert "snapshot" in changes.note
     for check in ran:
         if check.name != "settings":
             assert check.findings == (), f"{check.name}: {check.findings}"
@@ -556,6 +560,7 @@ async def test_blocked_query_is_named_by_pid(db: Database) -> None:
     assert [check.name for check in report.checks if not check.ran] == [
         "slow_queries",
         "suggested_indexes",
+        "changes",
     ]
     assert database_findings(report) == []
 
