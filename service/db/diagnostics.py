@@ -1045,6 +1045,27 @@ answer (header, alignment, line pointer, fillfactor). It needs ANALYZE to have s
 every column: a relation it has not is left out."""
 
 
+_UNESTIMATED = """
+SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name,
+       CASE WHEN c.relkind = 'i' THEN (SELECT format('%I.%I', tn.nspname, t.relname)
+                                       FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+                                       JOIN pg_namespace tn ON tn.oid = t.relnamespace
+                                       WHERE i.indexrelid = c.oid) END AS "table",
+       CASE WHEN c.relkind = 'i' THEN 'index' ELSE 'table' END AS kind,
+       pg_relation_size(c.oid) AS size
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_am am ON am.oid = c.relam
+WHERE (c.relkind IN ('r', 'm') OR (c.relkind = 'i' AND am.amname = 'btree'))
+  AND NOT (c.oid = ANY (CAST(:judged AS oid[])))
+  AND pg_relation_size(c.oid) >= :min_bytes
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+ORDER BY 1
+"""
+"""Tables and btree indexes big enough to matter that the estimate left out."""
+
+
 async def bloat(conn: AsyncConnection, limits: Thresholds) -> Check:
     """Tables and btree indexes whose size is mostly space no row uses: dead rows
     vacuum has not reached, or space freed that a rewrite would give back. Estimated
@@ -1064,6 +1085,10 @@ async def bloat(conn: AsyncConnection, limits: Thresholds) -> Check:
         and row["wasted"] >= limits.bloat_share * row["size"]
     ]
     exact = await has_extension(conn, "pgstattuple")
+    if exact:
+        # What the estimate cannot judge (never analyzed) is measured when it is big enough.
+        judged = [row["oid"] for row in estimated]
+        flagged += await rows(conn, _UNESTIMATED, judged=judged, min_bytes=limits.bloat_min_bytes)
     note = None if exact else "estimated from statistics; CREATE EXTENSION pgstattuple measures it"
     findings = []
     for row in flagged:
@@ -1072,6 +1097,8 @@ async def bloat(conn: AsyncConnection, limits: Thresholds) -> Check:
             wasted = await _measured_waste(conn, row)
             if isinstance(wasted, str):
                 note = wasted
+                if "wasted" not in row:
+                    continue  # not estimated either
             else:
                 measured = "measured with pgstattuple"
                 row = {**row, "wasted": wasted}

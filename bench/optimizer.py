@@ -1,0 +1,268 @@
+"""``python -m bench.optimizer``: a workload before and after what the report recommends.
+
+A private PostgreSQL cluster (``pg_stat_statements`` preloaded; hypopg and pgstattuple
+installed) gets a database of a common shape: customers, their orders and their events,
+about a million rows, with the faults a real one collects: a foreign key without an
+index, a duplicate index, an index nothing uses, a table bloated by updates with
+autovacuum off for it, statistics never gathered. pgbench runs one custom script at a
+time (reads by customer, a read by primary key, an insert): tps and latency
+percentiles from its per-transaction log. Then the optimizer's report is taken, every
+finding whose statement :meth:`QueryOptimizer.apply` accepts is applied, exactly as
+given and in report order, and the same workload runs again.
+
+The state cannot be undone, so the runs are before-then-after; ``--runs`` runs of each
+script on each side, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.db.optimization import QueryOptimizer
+from service.db.pool import ConnectionPool
+from service.db.report import Finding, Report
+from service.errors import ServiceError
+from tests.support.private_postgres import postgres_bin, private_postgres
+
+CUSTOMERS = 100_000
+ORDERS = 500_000
+EVENTS = 400_000
+
+SCRIPTS = {
+    "orders of a customer": """
+\\set cid random(1, 100000)
+SELECT id, status, total, created_at FROM orders
+WHERE customer_id = :cid ORDER BY created_at DESC LIMIT 10;
+""",
+    "clicks of a customer": """
+\\set cid random(1, 100000)
+SELECT count(*) FROM events WHERE customer_id = :cid AND kind = 'click';
+""",
+    "order by id": """
+\\set oid random(1, 500000)
+SELECT id, customer_id, status, total FROM orders WHERE id = :oid;
+""",
+    "new order": """
+\\set cid random(1, 100000)
+INSERT INTO orders (customer_id, status, total, created_at)
+VALUES (:cid, 'pending', 10 + :cid % 90, now());
+""",
+}
+
+SCHEMA = [
+    "CREATE EXTENSION pg_stat_statements",
+    "CREATE EXTENSION hypopg",
+    "CREATE EXTENSION pgstattuple",
+    """CREATE TABLE customers (
+        id integer PRIMARY KEY, email text NOT NULL, region integer NOT NULL,
+        created_at timestamptz NOT NULL)""",
+    """CREATE TABLE orders (
+        id bigserial PRIMARY KEY, customer_id integer NOT NULL REFERENCES customers,
+        status text NOT NULL, total numeric(10, 2) NOT NULL, created_at timestamptz NOT NULL)""",
+    """CREATE TABLE events (
+        id bigserial PRIMARY KEY, customer_id integer NOT NULL, kind text NOT NULL,
+        payload text NOT NULL, created_at timestamptz NOT NULL)
+        WITH (autovacuum_enabled = false)""",
+    f"""INSERT INTO customers
+        SELECT i, 'c' || i || '@example.com', i % 20, now() - i * interval '1 minute'
+        FROM generate_series(1, {CUSTOMERS}) AS i""",
+    f"""INSERT INTO orders (customer_id, status, total, created_at)
+        SELECT 1 + (i::bigint * 7919) % {CUSTOMERS},
+               (ARRAY['pending', 'paid', 'shipped', 'delivered'])[1 + i % 4],
+               (i % 500) + 0.99, now() - i * interval '1 second'
+        FROM generate_series(1, {ORDERS}) AS i""",
+    f"""INSERT INTO events (customer_id, kind, payload, created_at)
+        SELECT 1 + (i::bigint * 104729) % {CUSTOMERS}, (ARRAY['view', 'click', 'cart'])[1 + i % 3],
+               repeat('x', 60), now() - i * interval '1 second'
+        FROM generate_series(1, {EVENTS}) AS i""",
+    # Someone's report index, and its duplicate; nothing in the workload uses either.
+    "CREATE INDEX orders_created_at ON orders (created_at)",
+    "CREATE INDEX orders_created_at_status ON orders (created_at, status)",
+    # Events rewritten twice with autovacuum off: two thirds of the table is dead rows.
+    "UPDATE events SET payload = repeat('y', 60)",
+    "UPDATE events SET payload = repeat('z', 60)",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    tps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> Run:
+    """One pgbench run of ``script``: tps and latency percentiles from its log."""
+    for old in work.glob("pgbench_log.*"):
+        old.unlink()
+    out = subprocess.run(
+        [
+            str(postgres_bin() / "pgbench"),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            "-l",
+            "--log-prefix",
+            str(work / "pgbench_log"),
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=work,
+    ).stdout
+    tps = next(
+        float(line.split("=")[1].split()[0])
+        for line in out.splitlines()
+        if line.startswith("tps =")
+    )
+    latencies = sorted(
+        int(line.split()[2]) / 1000
+        for log in work.glob("pgbench_log.*")
+        for line in log.read_text().splitlines()
+    )
+    if not latencies:
+        raise SystemExit(f"pgbench logged no transaction:\n{out}")
+    return Run(
+        tps,
+        latencies[len(latencies) // 2],
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    )
+
+
+def workload(
+    dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path
+) -> dict[str, list[Run]]:
+    """``args.runs`` rounds of every script, one at a time."""
+    runs: dict[str, list[Run]] = {name: [] for name in scripts}
+    for _ in range(args.runs):
+        for name, path in scripts.items():
+            runs[name].append(pgbench(dsn, path, args.seconds, args.clients, work))
+    return runs
+
+
+async def run_sql(url: str, *statements: str) -> None:
+    async with ConnectionPool(url, statement_timeout=600) as pool, pool.connection() as conn:
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
+
+
+async def report_and_apply(url: str) -> tuple[Report, float, list[tuple[Finding, str]]]:
+    """The report (and the seconds it took), then each applicable finding applied."""
+    async with ConnectionPool(url, statement_timeout=600) as pool:
+        optimizer = QueryOptimizer(pool, statement_timeout=600)
+        started = time.perf_counter()
+        report = await optimizer.report()
+        took = time.perf_counter() - started
+        applied: list[tuple[Finding, str]] = []
+        for _, finding in report.findings:
+            if not finding.ddl:
+                continue
+            try:
+                seconds = await optimizer.apply(finding)
+            except ServiceError as exc:
+                applied.append((finding, f"not applied: {exc}"))
+                continue
+            applied.append((finding, f"{seconds:.2f} s"))
+    return report, took, applied
+
+
+def median(runs: list[Run], field: str) -> float:
+    return float(statistics.median(float(getattr(run, field)) for run in runs))
+
+
+def render(
+    args: argparse.Namespace,
+    before: dict[str, list[Run]],
+    after: dict[str, list[Run]],
+    report_seconds: float,
+    applied: list[tuple[Finding, str]],
+    elapsed: float,
+) -> str:
+    lines = [
+        f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
+        f" --clients {args.clients}`: {CUSTOMERS:,} customers, {ORDERS:,} orders,"
+        f" {EVENTS:,} events; pgbench -M prepared, one script at a time, medians of"
+        f" {args.runs} runs on each side; the report took {report_seconds:.2f} s;"
+        f" took {elapsed:.0f} s.",
+        "",
+        "Applied, in report order:",
+        "",
+    ]
+    lines += [f"- `{finding.ddl}` ({outcome})" for finding, outcome in applied]
+    lines += [
+        "",
+        "| script | before tps | before p99 ms | after tps | after p99 ms | after / before |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in before:
+        b_tps, a_tps = median(before[name], "tps"), median(after[name], "tps")
+        lines.append(
+            f"| {name} | {b_tps:,.0f} | {median(before[name], 'p99_ms'):.1f} | {a_tps:,.0f}"
+            f" | {median(after[name], 'p99_ms'):.1f} | {a_tps / b_tps:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.optimizer", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=Path("bench/results/optimizer.md"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+
+    async def build(url: str) -> None:
+        await run_sql(url, *SCHEMA)
+        await run_sql(url, "SELECT pg_stat_statements_reset()")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        scripts = {}
+        for number, (name, body) in enumerate(SCRIPTS.items()):
+            path = work / f"script{number}.sql"
+            path.write_text(body.strip() + "\n")
+            scripts[name] = path
+
+        async def phases() -> str:
+            async with private_postgres(
+                ["shared_preload_libraries=pg_stat_statements", "autovacuum=off"]
+            ) as cluster:
+                url, dsn = cluster.url, cluster.dsn
+                await build(url)
+                before = await asyncio.to_thread(workload, dsn, scripts, args, work)
+                report, took, applied = await report_and_apply(url)
+                print(report.as_text(), file=sys.stderr)
+                after = await asyncio.to_thread(workload, dsn, scripts, args, work)
+                return render(args, before, after, took, applied, time.monotonic() - started)
+
+        text = asyncio.run(phases())
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
