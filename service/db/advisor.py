@@ -13,6 +13,7 @@ Nothing here writes to the database: hypothetical indexes vanish with
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -42,6 +43,7 @@ MIN_SAVINGS = 0.5
 MAX_QUERIES = 20
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _STATEMENT = "svc_advisor_statement"
+_SCANS = frozenset({"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +163,14 @@ async def _best_index(conn: AsyncConnection, query: str, placeholders: int) -> S
 async def _candidates(
     conn: AsyncConnection, plan: dict[str, Any]
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """Single columns its scans filter on, and (filter, sort) pairs, per table."""
+    """Single columns its scans filter on, and (filter, sort) pairs, per table. Any scan
+    that filters rows after reading them counts: a sequential scan, and as much an index
+    scan on another column whose rows are then filtered (an ORDER BY ... LIMIT walked
+    along the wrong index reads the table all the same)."""
     wanted: dict[str, tuple[set[str], set[str]]] = {}
     for node in _nodes(plan):
         relation = node.get("Relation Name")
-        if relation and node.get("Node Type") == "Seq Scan" and node.get("Filter"):
+        if relation and node.get("Node Type") in _SCANS and node.get("Filter"):
             schema = node.get("Schema", "public")
             wanted.setdefault(f"{schema}\x00{relation}", (set(), set()))[0].add(node["Filter"])
     sort_keys = [key for node in _nodes(plan) for key in node.get("Sort Key", [])]
@@ -213,3 +218,24 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
+
+
+def without_covered_foreign_keys(foreign_keys: Check, suggested: Check) -> Check:
+    """``foreign_keys`` without the findings a suggested index covers (its first columns
+    are the key's): one index, not two, serves the key and the slow statement."""
+    covers = [
+        (finding.data["table"], tuple(finding.data["columns"])) for finding in suggested.findings
+    ]
+    kept = tuple(
+        finding
+        for finding in foreign_keys.findings
+        if not any(
+            table == finding.data["table"]
+            and set(columns[: len(finding.data["columns"])]) == set(finding.data["columns"])
+            for table, columns in covers
+        )
+    )
+    if len(kept) == len(foreign_keys.findings):
+        return foreign_keys
+    note = f"{len(foreign_keys.findings) - len(kept)} covered by a suggested index"
+    return dataclasses.replace(foreign_keys, findings=kept, note=note)

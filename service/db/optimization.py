@@ -276,7 +276,14 @@ class QueryOptimizer:
                 )
             )[0]
             checks = [await check(conn, self.thresholds) for check in diagnostics.CHECKS]
-            checks.append(await advisor.suggested_indexes(conn, self.thresholds))
+            suggested = await advisor.suggested_indexes(conn, self.thresholds)
+            checks = [
+                advisor.without_covered_foreign_keys(check, suggested)
+                if check.name == "unindexed_foreign_keys"
+                else check
+                for check in checks
+            ]
+            checks.append(suggested)
             checks.append(await history.changes(conn, self.thresholds))
             return Report(
                 database=info["name"],

@@ -915,6 +915,50 @@ async def test_slow_queries_and_suggested_indexes() -> None:
             assert await index_names(conn, "t") == {"t_pkey"}
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
+    """A slow ``ORDER BY ... LIMIT`` that walks the index of its sort column and filters
+    every row on an unindexed foreign key: the advisor reads that filtered index scan
+    too and suggests the key's column, and the foreign-key check then leaves the key
+    out (one index serves both), saying so."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    async with (
+        asyncio.timeout(55),
+        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
+        scratch_database("svc_rep", cluster.dsn) as db,
+    ):
+        await run_sql(
+            db,
+            "CREATE EXTENSION pg_stat_statements",
+            "CREATE EXTENSION hypopg",
+            "CREATE TABLE customers (id integer PRIMARY KEY)",
+            "INSERT INTO customers SELECT i FROM generate_series(1, 10000) AS i",
+            "CREATE TABLE orders (id serial PRIMARY KEY, customer_id integer NOT NULL"
+            " REFERENCES customers, created_at integer NOT NULL)",
+            "INSERT INTO orders (customer_id, created_at)"
+            " SELECT 1 + i % 10000, i FROM generate_series(1, 200000) AS i",
+            "CREATE INDEX orders_created_at ON orders (created_at)",
+            "CREATE TABLE other (customer_id integer REFERENCES customers)",
+            "ANALYZE",
+        )
+        async with session(db) as conn:
+            latest = await conn.prepare(
+                "SELECT id FROM orders WHERE customer_id = $1 ORDER BY created_at DESC LIMIT 5"
+            )
+            for value in range(120):
+                assert len(await latest.fetch(value + 1)) == 5
+        report = await make_report(db, limits)
+    suggested = report.check("suggested_indexes")
+    (index,) = suggested.findings
+    assert index.data["table"] == "public.orders"
+    assert index.data["columns"][0] == "customer_id"
+    keys = report.check("unindexed_foreign_keys")
+    assert subjects(report, "unindexed_foreign_keys") == ["public.other.other_customer_id_fkey"]
+    assert keys.note == "1 covered by a suggested index"
+
+
 async def test_sqlite_report(sqlite_url: str) -> None:
     """On SQLite the report has its one check, which ran, and a note saying what
     SQLite cannot tell (usage statistics) so nothing looks falsely healthy."""
