@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
@@ -181,13 +183,15 @@ async def report_and_apply(url: str) -> tuple[Report, float, list[tuple[Finding,
         report = await optimizer.report()
         took = time.perf_counter() - started
         applied: list[tuple[Finding, str]] = []
+        done: set[str] = set()
         for _, finding in report.findings:
-            if not finding.ddl:
-                continue
+            if not finding.ddl or finding.ddl in done:
+                continue  # two checks may name one statement (an index unused and covered)
+            done.add(finding.ddl)
             try:
                 seconds = await optimizer.apply(finding)
-            except ServiceError as exc:
-                applied.append((finding, f"not applied: {exc}"))
+            except (ServiceError, DBAPIError) as exc:
+                applied.append((finding, f"not applied: {str(exc).splitlines()[0]}"))
                 continue
             applied.append((finding, f"{seconds:.2f} s"))
     return report, took, applied

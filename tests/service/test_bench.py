@@ -112,3 +112,39 @@ def test_listing_bench_applies_the_recommendation_and_measures_both_sides() -> N
     before, after = (float(cell.split()[0].replace(",", "")) for cell in rows[0].split(" | ")[1:3])
     assert before > 0
     assert after > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Path) -> None:
+    """One short run of each script on each side: the statements applied are listed,
+    and every script has figures on both sides."""
+    output = tmp_path / "optimizer.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.optimizer",
+            "--runs",
+            "1",
+            "--seconds",
+            "1",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
+    assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
+    assert "- `CREATE INDEX CONCURRENTLY ON public.orders (customer_id);`" in completed.stdout
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 4, rows
+    for row in rows:
+        before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
+        assert before > 0, row
+        assert after > 0, row
