@@ -252,7 +252,7 @@ class QueryOptimizer:
         ddl = finding.ddl
         if not ddl or not ddl.startswith(_APPLICABLE):
             raise OptimizerError(f"nothing to apply for {finding.subject}")
-        async with self._exclusive() as conn:
+        async with self._exclusive(hold=" CONCURRENTLY " not in ddl) as conn:
             started = time.perf_counter()
             await self._execute(conn, ddl.rstrip(";"))
             return time.perf_counter() - started
@@ -298,15 +298,17 @@ class QueryOptimizer:
     # Internals.
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[AsyncConnection]:
+    async def _exclusive(self, hold: bool = True) -> AsyncIterator[AsyncConnection]:
         """An autocommit connection, held while no one else maintains this database.
 
         Directly on PostgreSQL, the advisory lock and the timeouts belong to that
         connection's session. Behind PgBouncer in transaction mode a session outlives
         no statement: the lock is transaction-scoped instead, taken in a transaction
-        that a second connection keeps open until the run ends (idle, with no snapshot,
-        so it holds back no VACUUM), and each statement carries its own timeouts
-        (:meth:`_execute`).
+        that a second connection keeps open until the run ends (idle, so it holds back
+        no VACUUM), and each statement carries its own timeouts (:meth:`_execute`).
+        ``hold=False`` there only checks the lock is free: a ``CONCURRENTLY`` index
+        build or drop waits for every open transaction of the database, the lock's own
+        included, so holding it would wait forever.
         """
         if self.pool.dialect == "sqlite":
             lock = self._local_locks.setdefault(self.pool.safe_url, asyncio.Lock())
@@ -318,8 +320,12 @@ class QueryOptimizer:
         if self.pool.behind_pgbouncer:
             async with self.pool.transaction() as holder:
                 await _lock_or_refuse(holder, "pg_try_advisory_xact_lock")
-                async with self.pool.connection() as conn:
-                    yield conn
+                if hold:
+                    async with self.pool.connection() as conn:
+                        yield conn
+                    return
+            async with self.pool.connection() as conn:
+                yield conn
             return
         async with self.pool.connection() as conn:
             await _lock_or_refuse(conn, "pg_try_advisory_lock")

@@ -68,8 +68,9 @@ async def run_sql(db: Database, *statements: str) -> None:
 
 @asynccontextmanager
 async def optimizer(db: Database, thresholds: Thresholds | None = None) -> AsyncIterator[Any]:
-    """A QueryOptimizer on ``db`` with a one-connection pool (10 s statement timeout)."""
-    async with ConnectionPool(db.url, pool_size=1, max_overflow=0, statement_timeout=10) as pool:
+    """A QueryOptimizer on ``db`` with a two-connection pool (10 s statement timeout):
+    behind PgBouncer, ``apply`` holds its lock on a second connection."""
+    async with ConnectionPool(db.url, pool_size=2, max_overflow=0, statement_timeout=10) as pool:
         yield QueryOptimizer(pool, thresholds=thresholds)
 
 
