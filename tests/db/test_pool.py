@@ -153,7 +153,7 @@ async def test_missing_database_is_unavailable_not_a_crash(pg_url: str) -> None:
             await pool.ping()
         with pytest.raises(DatabaseUnavailable):
             await pool.run(lambda conn: conn.execute(text("SELECT 1")))
-        with pytest.raises(DatabaseUnavailable, match="does not exist"):
+        with pytest.raises(DatabaseUnavailable):
             await pool.run_driver(lambda driver: await_(driver.fetchval("SELECT 1")))
         assert pool.stats().checked_out == 0
 
