@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,11 +79,9 @@ async def take(conn: AsyncConnection, keep: int = KEEP) -> Snapshot:
         statements=orjson.dumps(found).decode(),
         tables=orjson.dumps(tables).decode(),
     )
-    await rows(
-        conn,
-        "DELETE FROM service_optimizer_snapshots"
-        " WHERE id <= (SELECT max(id) FROM service_optimizer_snapshots) - :keep RETURNING id",
-        keep=keep,
+    await conn.execute(
+        text("DELETE FROM service_optimizer_snapshots WHERE id <= :through"),
+        {"through": taken[0]["id"] - keep},  # all but the newest `keep`
     )
     return Snapshot(taken[0]["id"], taken[0]["taken_at"], len(found), len(tables), note)
 

@@ -109,10 +109,11 @@ class PrivateCluster:
             "start",
         )
 
-    async def stop(self) -> None:
-        """Stop the server (fast mode: disconnect clients, roll back); wait until it is down."""
+    async def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: disconnect clients, roll back; ``immediate``: no
+        shutdown checkpoint); wait until it is down."""
         await _run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop"
         )
 
     async def running(self) -> bool:
@@ -199,12 +200,4 @@ async def _running(cluster: PrivateCluster) -> AsyncIterator[None]:
             try:
                 await cluster.stop()
             except AssertionError:  # never leave a postmaster behind on a deleted dir
-                await _run(
-                    str(cluster.bin / "pg_ctl"),
-                    "-D",
-                    str(cluster.data),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                )
+                await cluster.stop("immediate")
