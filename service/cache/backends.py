@@ -533,13 +533,28 @@ def bucket_tag(key: str) -> str:
     return BUCKET_TAGS[crc_hqx(key.encode(), 0) % BUCKETS]
 
 
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, which learns the cluster's shape before it routes a
+    command.
+
+    redis-py picks a command's node before it initializes: a command issued while the
+    client has no map of the slots yet (a new client, or one that dropped its map after
+    an error) goes to a random master and is redirected with MOVED. Every fifth
+    redirection makes redis-py close all its connections, those in use included, so a
+    burst of first commands used to fail some of its own commands. ``initialize`` is a
+    no-op once the map is known.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def _cluster_client(url: redis_urls.ClusterURL, options: dict[str, Any]) -> RedisCluster:
     """A cluster client from the URL's nodes. A command that fails on a connection is
-    tried once more, after the client has learnt the cluster's shape again: redis-py
-    closes connections in use when it does (a burst of first commands on a new client
-    does, measured: a few of 200 concurrent GETs failed without the second try). Then
-    the cache fails open. Redirections after a slot moved are followed as always."""
-    return RedisCluster(
+    tried once more, after the client has learnt the cluster's shape again; then the
+    cache fails open. Redirections after a slot moved are followed as always."""
+    return _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
         password=url.password,
         max_connections=options["max_connections"],

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from service.cache.backends import BUCKETS, RedisBackend, bucket_tag
@@ -96,6 +97,38 @@ async def test_a_key_and_its_notices_share_a_slot_and_keys_spread_over_every_mas
         assert client.keyslot(tag + key) == client.keyslot(tag + "svc:invalidate:results")
     assert len({bucket_tag(key) for key in keys}) > BUCKETS // 2
     assert len(await masters_of(backend, [bucket_tag(k) + k for k in keys])) == 3
+
+
+async def redirections(cluster: PrivateCluster) -> int:
+    """MOVED replies the masters have sent, from their own error statistics."""
+    total = 0
+    for node in await cluster.masters():
+        client = aioredis.Redis(host="127.0.0.1", port=node.port)
+        try:
+            stats = await client.info("errorstats")
+        finally:
+            await client.aclose()
+        total += int(stats.get("errorstat_MOVED", {}).get("count", 0))
+    return total
+
+
+async def test_a_burst_of_first_commands_on_a_new_client_goes_to_the_right_masters(
+    cluster: PrivateCluster,
+) -> None:
+    # A new client must learn the slots before it routes: redis-py sends a command it
+    # routes earlier to a random master, and every fifth MOVED closes connections in use.
+    keys = [f"{unique_prefix()}:burst:{n}" for n in range(5)]
+    for _ in range(5):
+        before = await redirections(cluster)
+        backend = RedisBackend(cluster.url, socket_timeout=0.5)
+        try:
+            outcomes = await asyncio.gather(
+                *(backend.get(keys[n % len(keys)]) for n in range(200)), return_exceptions=True
+            )
+        finally:
+            await backend.aclose()
+        assert outcomes == [None] * 200
+        assert await redirections(cluster) == before
 
 
 async def test_reads_writes_version_order_and_prefix_removal_on_a_cluster(
