@@ -4,6 +4,8 @@ A tiny path dispatcher (no framework in the way) sends
 
 * ``/asgi/doc``       to a raw ASGI callable (no framework at all) sending the stored
                       document's bytes with prebuilt headers: the server's own limit;
+* ``/asgi-hit/doc``   to the same callable sending an L1 hit's own header block,
+                      captured once from the service: the server's limit for that response;
 * ``/bare/doc``       to a bare Starlette endpoint returning the stored document's bytes;
 * ``/bare-gzip/doc``  to the same endpoint behind Starlette's GZipMiddleware (the peer);
 * ``/cashews/doc``    to a bare Starlette endpoint whose body comes from a function under
@@ -137,6 +139,36 @@ def create_bench_app() -> ASGIApp:
         await send(messages[0])
         await send(messages[1])
 
+    async def asgi_hit(scope: Scope, receive: Receive, send: Send) -> None:
+        """The raw callable again, sending the hit's own header block (ETag,
+        Last-Modified, Vary, Cache-Control, Cache-Status ...), captured once from an L1
+        hit of the service: what the server itself costs for the response a hit sends."""
+        messages: tuple[Message, Message] | None = shared.get("asgi-hit")
+        if messages is None:
+            captured: list[Message] = []
+
+            async def capture(message: Message) -> None:
+                captured.append(message)
+
+            read = {
+                **scope,
+                "path": f"/results/{DOCUMENT_ID}",
+                "raw_path": f"/results/{DOCUMENT_ID}".encode(),
+                "query_string": b"",
+                "headers": [(b"host", b"bench"), (b"accept-encoding", b"identity")],
+            }
+            for _ in range(2):  # the first read may fill L1; the second is a hit
+                captured.clear()
+                await service(dict(read), receive, capture)
+            start, body = captured[0], captured[-1]
+            if dict(start["headers"]).get(b"x-cache") != b"HIT":
+                await send(start)
+                await send(body)
+                return
+            messages = shared["asgi-hit"] = (start, body)
+        await send(messages[0])
+        await send(messages[1])
+
     async def raw(request: Request) -> Response:
         async with shared["raw"].acquire() as conn:
             row = await conn.fetchrow(RAW_QUERY, request.path_params["id"])
@@ -207,6 +239,7 @@ def create_bench_app() -> ASGIApp:
     # Keyed by the path's first segment: one dict lookup per request, whatever the row.
     heads: dict[str, ASGIApp] = {
         "/asgi": asgi_doc,
+        "/asgi-hit": asgi_hit,
         "/bare": Starlette(routes=[Route("/bare/doc", bare)]),
         "/bare-gzip": GZipMiddleware(Starlette(routes=[Route("/bare-gzip/doc", bare)])),
         "/raw": Starlette(routes=[Route("/raw/{id}", raw)]),
