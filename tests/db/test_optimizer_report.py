@@ -867,7 +867,8 @@ async def test_slow_queries_and_suggested_indexes() -> None:
     """With pg_stat_statements preloaded and hypopg installed (a private cluster), a
     repeated sequential-scan query is listed as slow and gets the index that halves its
     plan's cost, as the exact CREATE INDEX to run; a query on the primary key, slow by
-    the same lowered threshold, gets no suggestion."""
+    the same lowered threshold, gets no suggestion. The load is forgotten first
+    (``pg_stat_statements_reset()``): the advice weighs the rows the workload writes."""
     limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     async with (
         asyncio.timeout(55),
@@ -881,6 +882,7 @@ async def test_slow_queries_and_suggested_indexes() -> None:
             "CREATE TABLE t (id serial PRIMARY KEY, a integer, b integer)",
             "INSERT INTO t (a, b) SELECT i % 100, i % 10000 FROM generate_series(1, 200000) AS i",
             "ANALYZE t",
+            "SELECT pg_stat_statements_reset()",
         )
         async with session(db) as conn:
             by_b = await conn.prepare("SELECT * FROM t WHERE b = $1")
@@ -902,13 +904,15 @@ async def test_slow_queries_and_suggested_indexes() -> None:
 
         suggested = report.check("suggested_indexes")
         assert suggested.ran, suggested.note
-        index = finding(report, "suggested_indexes", scan.subject)
+        index = finding(report, "suggested_indexes", "public.t (b)")
         assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.t (b);"
         assert index.data["table"] == "public.t"
         assert index.data["columns"] == ["b"]
         assert index.data["cost_after"] < index.data["cost_before"] / 2
-        assert lookup.subject not in subjects(report, "suggested_indexes")
-        assert subjects(report, "suggested_indexes") == [scan.subject]
+        assert index.data["queryids"] == [scan.data["queryid"]]
+        assert index.data["rows_written"] == 0
+        assert subjects(report, "suggested_indexes") == ["public.t (b)"]
+        assert lookup.data["queryid"] not in index.data["queryids"]
         assert_json_ready(report)
 
         # Nothing was built: hypothetical indexes exist only in the advisor's session.
@@ -943,6 +947,7 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
             "CREATE INDEX orders_created_at ON orders (created_at)",
             "CREATE TABLE other (customer_id integer REFERENCES customers)",
             "ANALYZE",
+            "SELECT pg_stat_statements_reset()",
         )
         async with session(db) as conn:
             latest = await conn.prepare(
@@ -958,6 +963,165 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
     keys = report.check("unindexed_foreign_keys")
     assert subjects(report, "unindexed_foreign_keys") == ["public.other.other_customer_id_fkey"]
     assert keys.note == "1 covered by a suggested index"
+
+
+@asynccontextmanager
+async def advised_database() -> AsyncIterator[Database]:
+    """A scratch database on a private cluster with pg_stat_statements and hypopg."""
+    async with (
+        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
+        scratch_database("svc_adv", cluster.dsn) as db,
+    ):
+        await run_sql(db, "CREATE EXTENSION pg_stat_statements", "CREATE EXTENSION hypopg")
+        yield db
+
+
+async def call(db: Database, query: str, values: range) -> None:
+    """Run ``query`` once per value, prepared (so pg_stat_statements counts one statement)."""
+    async with session(db) as conn:
+        prepared = await conn.prepare(query)
+        for value in values:
+            await prepared.fetch(value)
+
+
+def findings_on(report: Report, table: str) -> list[Finding]:
+    return [f for f in report.check("suggested_indexes").findings if f.data["table"] == table]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_it() -> None:
+    """The advice is for the workload: two slow statements filtering on the same column
+    get one index between them, and an index on a table the workload writes to is
+    suggested only once it saves the reads more time than it would add to the writes
+    (both from pg_stat_statements)."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    async with asyncio.timeout(90), advised_database() as db:
+        await run_sql(
+            db,
+            "CREATE TABLE t (id serial PRIMARY KEY, a integer, b integer)",
+            "INSERT INTO t (a, b) SELECT i % 100, i % 10000 FROM generate_series(1, 200000) AS i",
+            "CREATE TABLE w (id serial PRIMARY KEY, c integer, v integer)",
+            "INSERT INTO w (c, v) SELECT i % 5000, 0 FROM generate_series(1, 50000) AS i",
+            "ANALYZE",
+            "SELECT pg_stat_statements_reset()",
+        )
+        await call(db, "SELECT * FROM t WHERE b = $1", range(120))
+        await call(db, "SELECT id FROM t WHERE b = $1 ORDER BY id", range(120))
+        await call(db, "SELECT * FROM w WHERE c = $1", range(120))
+        # Twenty rewrites of w: they take several times what the 120 reads of w took.
+        await run_sql(db, *["UPDATE w SET v = v + 1", "VACUUM w"] * 20, "ANALYZE w")
+
+        report = await make_report(db, limits)
+        queries = {
+            f.data["query"]: f.data["queryid"] for f in report.check("slow_queries").findings
+        }
+        (index,) = findings_on(report, "public.t")
+        assert index.data["columns"][0] == "b"
+        assert set(index.data["queryids"]) == {
+            queries["SELECT * FROM t WHERE b = $1"],
+            queries["SELECT id FROM t WHERE b = $1 ORDER BY id"],
+        }
+        assert index.data["saving_ms"] > 0
+        assert index.data["rows_written"] == 0
+        # 120 reads of w would save less than one more index would add to its rewrites.
+        assert findings_on(report, "public.w") == [], report.as_text()
+
+        await call(db, "SELECT * FROM w WHERE c = $1", range(1500))
+        report = await make_report(db, limits)
+        (index,) = findings_on(report, "public.w")
+        assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.w (c);"
+        assert index.data["rows_written"] == 1_000_000
+        assert index.data["saving_ms"] > index.data["write_ms"] > 0
+        assert "1,000,000 rows the workload wrote" in index.saves
+        assert len(findings_on(report, "public.t")) == 1
+        assert_json_ready(report)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_a_partial_index_for_statements_that_skip_null_rows() -> None:
+    """Statements that read only the rows whose ``deleted_at IS NULL`` get a partial
+    index under that predicate; applied as given, the planner uses it."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    query = "SELECT id FROM p WHERE owner = $1 AND deleted_at IS NULL"
+    async with asyncio.timeout(90), advised_database() as db:
+        await run_sql(
+            db,
+            "CREATE TABLE p (id serial PRIMARY KEY, owner integer NOT NULL, deleted_at integer)",
+            "INSERT INTO p (owner, deleted_at) SELECT i % 1000,"
+            " CASE WHEN i % 20 = 0 THEN NULL ELSE i END FROM generate_series(1, 200000) AS i",
+            "ANALYZE",
+            "SELECT pg_stat_statements_reset()",
+        )
+        await call(db, query, range(120))
+        async with optimizer(db, limits) as opt:
+            report = await opt.report()
+            (index,) = findings_on(report, "public.p")
+            assert index.ddl == (
+                "CREATE INDEX CONCURRENTLY ON public.p (owner) WHERE deleted_at IS NULL;"
+            ), report.as_text()
+            assert index.data["predicate"] == "deleted_at IS NULL"
+            assert index.subject == "public.p (owner) WHERE deleted_at IS NULL"
+            await opt.apply(index)
+        async with session(db) as conn:
+            (name,) = await index_names(conn, "p") - {"p_pkey"}
+            await conn.execute("ANALYZE p")
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query.replace('$1', '7')}"))
+            assert name in plan, plan
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
+    """A slow join that hashes a whole table to match a few rows: the columns the join
+    matches on are candidates too, and the joined table's index is suggested with the
+    filter's, each chosen with the other in place."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    query = "SELECT l.id FROM heads h JOIN lines l ON l.head_id = h.id WHERE h.ref = $1"
+    async with asyncio.timeout(90), advised_database() as db:
+        await run_sql(
+            db,
+            "CREATE TABLE heads (id integer PRIMARY KEY, ref integer NOT NULL)",
+            "INSERT INTO heads SELECT i, i FROM generate_series(1, 50000) AS i",
+            "CREATE TABLE lines (id serial PRIMARY KEY, head_id integer NOT NULL)",
+            "INSERT INTO lines (head_id) SELECT 1 + i % 50000 FROM generate_series(1, 200000) AS i",
+            "ANALYZE",
+            "SELECT pg_stat_statements_reset()",
+        )
+        await call(db, query, range(1, 121))
+        report = await make_report(db, limits)
+    ddl = {f.ddl for f in report.check("suggested_indexes").findings}
+    assert "CREATE INDEX CONCURRENTLY ON public.lines (head_id);" in ddl, report.as_text()
+    assert "CREATE INDEX CONCURRENTLY ON public.heads (ref);" in ddl, report.as_text()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_the_advice_says_which_tables_it_planned_without_statistics() -> None:
+    """A table never analyzed is planned on default estimates, which may hide the index
+    it needs: the check says which tables those are."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    async with asyncio.timeout(60), advised_database() as db:
+        await run_sql(
+            db,
+            "CREATE TABLE u (id serial PRIMARY KEY, k integer) WITH (autovacuum_enabled = false)",
+            "INSERT INTO u (k) SELECT i % 1000 FROM generate_series(1, 50000) AS i",
+            "CREATE TABLE v (id serial PRIMARY KEY, k integer)",
+            "INSERT INTO v (k) SELECT i FROM generate_series(1, 1000) AS i",
+            "ANALYZE v",
+            "SELECT pg_stat_statements_reset()",
+        )
+        await call(db, "SELECT * FROM u WHERE k = $1", range(110))
+        await call(db, "SELECT * FROM v WHERE k = $1", range(110))
+        suggested = (await make_report(db, limits)).check("suggested_indexes")
+        assert suggested.ran
+        assert suggested.note is not None
+        assert suggested.note.startswith("no planner statistics for public.u (never analyzed)")
 
 
 async def test_sqlite_report(sqlite_url: str) -> None:
