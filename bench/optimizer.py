@@ -6,13 +6,16 @@ about a million rows, with the faults a real one collects: a foreign key without
 index, a duplicate index, an index nothing uses, a table bloated by updates with
 autovacuum off for it, statistics never gathered. pgbench runs one custom script at a
 time (reads by customer, a read by primary key, an insert): tps and latency
-percentiles from its per-transaction log. Then the optimizer's report is taken, every
-finding whose statement :meth:`QueryOptimizer.apply` accepts is applied, exactly as
-given and in report order, and the same workload runs again.
+percentiles from its per-transaction log.
 
-The state cannot be undone, so the runs are before-then-after; ``--runs`` runs of each
-script on each side, medians. Each side starts from the same orders: the rows the
-other side's inserts added are deleted first.
+The database is then copied (``CREATE DATABASE ... TEMPLATE``): the copy runs the
+workload once, so that pg_stat_statements has seen it there, gets the optimizer's
+report, and has every finding whose statement :meth:`QueryOptimizer.apply` accepts
+applied, exactly as given and in report order. The measured runs then alternate
+between the untouched database (before) and the copy (after), script by script, so
+both sides share the machine's drift; ``--runs`` runs of each script on each side,
+medians. Each run starts from the same orders: the rows earlier inserts added are
+deleted first.
 """
 
 from __future__ import annotations
@@ -159,20 +162,42 @@ def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> R
 
 
 def workload(
-    dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path
-) -> dict[str, list[Run]]:
-    """``args.runs`` rounds of every script, one at a time."""
-    runs: dict[str, list[Run]] = {name: [] for name in scripts}
-    for _ in range(args.runs):
-        for name, path in scripts.items():
-            runs[name].append(pgbench(dsn, path, args.seconds, args.clients, work))
-    return runs
+    dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path, runs: int
+) -> None:
+    """``runs`` rounds of every script, one at a time, unmeasured."""
+    for _ in range(runs):
+        for path in scripts.values():
+            pgbench(dsn, path, args.seconds, args.clients, work)
 
 
 async def run_sql(url: str, *statements: str) -> None:
     async with ConnectionPool(url, statement_timeout=600) as pool, pool.connection() as conn:
         for statement in statements:
             await conn.exec_driver_sql(statement)
+
+
+async def measure(
+    sides: dict[str, str], scripts: dict[str, Path], args: argparse.Namespace, work: Path
+) -> dict[str, dict[str, list[Run]]]:
+    """``args.runs`` rounds; in each, every script on every side (``sides``: name to
+    libpq DSN), one at a time, each run after the inserts of the ones before it are
+    deleted. Every other round goes through the sides in reverse order."""
+    runs: dict[str, dict[str, list[Run]]] = {side: {name: [] for name in scripts} for side in sides}
+    for round_number in range(args.runs):
+        order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
+        for name, path in scripts.items():
+            for side in order:
+                await run_sql(_sqlalchemy(sides[side]), *RESET)
+                runs[side][name].append(
+                    await asyncio.to_thread(
+                        pgbench, sides[side], path, args.seconds, args.clients, work
+                    )
+                )
+    return runs
+
+
+def _sqlalchemy(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 async def report_and_apply(url: str) -> tuple[Report, float, list[tuple[Finding, str]]]:
@@ -213,7 +238,9 @@ def render(
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
         f" --clients {args.clients}`: {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time, medians of"
-        f" {args.runs} runs on each side; the report took {report_seconds:.2f} s;"
+        f" {args.runs} rounds, each running every script on the database as built and on"
+        f" its copy with the advice applied, side by side (after / before: the median of"
+        f" the rounds' ratios); the report took {report_seconds:.2f} s;"
         f" took {elapsed:.0f} s.",
         "",
         "Applied, in report order:",
@@ -227,9 +254,13 @@ def render(
     ]
     for name in before:
         b_tps, a_tps = median(before[name], "tps"), median(after[name], "tps")
+        # The runs of a round ran side by side: the median of their ratios.
+        paired = statistics.median(
+            a.tps / b.tps for a, b in zip(after[name], before[name], strict=True) if b.tps
+        )
         lines.append(
             f"| {name} | {b_tps:,.0f} | {median(before[name], 'p99_ms'):.1f} | {a_tps:,.0f}"
-            f" | {median(after[name], 'p99_ms'):.1f} | {a_tps / b_tps:.2f} |"
+            f" | {median(after[name], 'p99_ms'):.1f} | {paired:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -263,15 +294,26 @@ def main(argv: list[str] | None = None) -> int:
             async with private_postgres(
                 ["shared_preload_libraries=pg_stat_statements", "autovacuum=off"]
             ) as cluster:
-                url, dsn = cluster.url, cluster.dsn
-                await build(url)
-                await run_sql(url, *RESET)
-                before = await asyncio.to_thread(workload, dsn, scripts, args, work)
-                report, took, applied = await report_and_apply(url)
+                base = cluster.dsn.rsplit("/", 1)[0]
+                sides = {"before": f"{base}/shop", "after": f"{base}/shop_after"}
+                await run_sql(cluster.url, "CREATE DATABASE shop")
+                await build(_sqlalchemy(sides["before"]))
+                await run_sql(cluster.url, "CREATE DATABASE shop_after TEMPLATE shop")
+                # The copy sees the workload once, then gets the report and its statements.
+                after_url = _sqlalchemy(sides["after"])
+                await run_sql(after_url, "SELECT pg_stat_statements_reset()", *RESET)
+                await asyncio.to_thread(workload, sides["after"], scripts, args, work, 1)
+                report, took, applied = await report_and_apply(after_url)
                 print(report.as_text(), file=sys.stderr)
-                await run_sql(url, *RESET)
-                after = await asyncio.to_thread(workload, dsn, scripts, args, work)
-                return render(args, before, after, took, applied, time.monotonic() - started)
+                measured = await measure(sides, scripts, args, work)
+                return render(
+                    args,
+                    measured["before"],
+                    measured["after"],
+                    took,
+                    applied,
+                    time.monotonic() - started,
+                )
 
         text = asyncio.run(phases())
     print(text)
