@@ -1034,7 +1034,7 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
         assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.w (c);"
         assert index.data["rows_written"] == 1_000_000
         assert index.data["saving_ms"] > index.data["write_ms"] > 0
-        assert "1,000,000 rows the workload wrote" in index.saves
+        assert "1,000,000 rows the workload wrote" in (index.saves or "")
         assert len(findings_on(report, "public.t")) == 1
         assert_json_ready(report)
 
