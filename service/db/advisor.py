@@ -5,8 +5,9 @@ generically (``PREPARE`` + ``plan_cache_mode = force_generic_plan``, since the
 statements hold ``$1`` placeholders) and its plan names the candidates: the columns its
 scans filter on, the columns its joins match on, and the columns it sorts by, alone
 and in pairs; where a scan filters on ``col IS NULL`` or ``col IS NOT NULL``, the same
-candidates as partial indexes under that predicate. A candidate that an existing index
-already starts with is never proposed.
+candidates as partial indexes under that predicate; where it compares ``lower(col)`` or
+``upper(col)``, an index on that expression. A candidate that an existing index already
+starts with is never proposed.
 
 Unlike Dexter, the choice is made for the workload, not one statement at a time. Each
 candidate is created *hypothetically* (only this session's planner sees it, nothing is
@@ -68,6 +69,8 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 _STATEMENT = "svc_advisor_statement"
 _SCANS = frozenset({"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan"})
 _JOIN_CONDITIONS = ("Hash Cond", "Merge Cond", "Join Filter")
+_FOLDS = ("lower", "upper")
+"""Functions of one column whose comparisons get an expression index candidate."""
 _IDENTIFIER = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 _WRITE_TARGET = re.compile(
     rf"(?is)^\s*(?:insert\s+into|update(?:\s+only)?|copy|merge\s+into)\s+"
@@ -417,8 +420,9 @@ async def _writes(conn: AsyncConnection) -> dict[str, tuple[int, float]]:
 
 @dataclass(frozen=True, slots=True)
 class _Index:
-    columns: tuple[str | None, ...]
-    """Quoted key columns; None for an expression."""
+    columns: tuple[str, ...]
+    """Its key columns as ``pg_get_indexdef`` writes them: a quoted name, or an
+    expression (``lower(email)``)."""
     predicate: str | None
     btree: bool = True
 
@@ -433,9 +437,8 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
         """
         SELECT format('%I.%I', n.nspname, t.relname) AS "table",
                array(
-                 SELECT CASE WHEN i.indkey[k] = 0 THEN NULL ELSE quote_ident(a.attname) END
-                 FROM generate_series(0, i.indnkeyatts - 1) AS k
-                 LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k]
+                 SELECT pg_get_indexdef(i.indexrelid, k, true)
+                 FROM generate_series(1, i.indnkeyatts) AS k
                  ORDER BY k
                ) AS columns,
                pg_get_expr(i.indpred, i.indrelid) AS predicate,
@@ -466,7 +469,14 @@ def _covers(index: _Index, candidate: Candidate) -> bool:
     same_rows = index.predicate is None or (
         candidate.predicate is not None and _bare(index.predicate) == _bare(candidate.predicate)
     )
-    return same_rows and index.columns[: len(candidate.columns)] == candidate.columns
+    keys = tuple(_unwrapped(column) for column in candidate.columns)
+    return same_rows and index.columns[: len(keys)] == keys
+
+
+def _unwrapped(element: str) -> str:
+    """An index element as ``pg_get_indexdef`` writes it: an expression without the
+    parentheses CREATE INDEX needs around it."""
+    return element[1:-1] if element.startswith("(") and element.endswith(")") else element
 
 
 def _bare(expression: str) -> str:
@@ -527,6 +537,8 @@ async def _candidates(conn: AsyncConnection, plan: dict[str, Any]) -> list[Candi
         filtered = _mentioned(names, sorted(filters))
         ordered = [c for c in _mentioned(names, sort_keys) if c not in filtered]
         candidates += _shapes(table, filtered, ordered)
+        folded = _folded(names, sorted(filters))
+        candidates += _shapes(table, folded, ordered) if folded else []
         nulls = {column["quoted"]: column["null_share"] for column in columns}
         for predicate, column in _null_tests(names, sorted(filters)):
             others = [c for c in filtered if c != column]
@@ -563,6 +575,20 @@ def _mentioned(columns: list[str], expressions: list[str]) -> list[str]:
             for expression in expressions
         )
     ]
+
+
+def _folded(columns: list[str], expressions: list[str]) -> list[str]:
+    """Expression index elements, ``(lower(col))``, for each ``lower(col)`` or
+    ``upper(col)`` the filters compare: the case-insensitive lookup a plain index on the
+    column cannot serve. Rebuilt from the quoted name (nothing of the plan's text is
+    reused)."""
+    found = []
+    for column in columns:
+        for function in _FOLDS:
+            pattern = rf'(?<![\w"]){function}\((?:[\w"]+\.)?{re.escape(column)}\)'
+            if any(re.search(pattern, expression) for expression in expressions):
+                found.append(f"({function}({column}))")
+    return found
 
 
 def _null_tests(columns: list[str], expressions: list[str]) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ advice itself is tested against real PostgreSQL in test_optimizer_report.py)."""
 
 from __future__ import annotations
 
-from service.db.advisor import Candidate, _covers, _Index, _null_tests
+from service.db.advisor import Candidate, _covers, _folded, _Index, _null_tests
 
 TABLE = ("public", "t")
 
@@ -20,7 +20,9 @@ def test_an_index_that_starts_with_the_candidate_s_columns_makes_it_a_duplicate(
     assert _covers(existing, candidate("b", predicate="a IS NULL"))  # it holds every row
     assert not _covers(existing, candidate("a"))
     assert not _covers(existing, candidate("a", "b"))
-    assert not _covers(_Index((None, "b"), None), candidate("b"))  # an expression first
+    assert not _covers(_Index(("lower(b)", "b"), None), candidate("b"))  # an expression first
+    assert _covers(_Index(("lower(b)",), None), candidate("(lower(b))"))
+    assert not _covers(_Index(("b",), None), candidate("(lower(b))"))
 
 
 def test_a_partial_index_covers_only_a_candidate_with_its_predicate() -> None:
@@ -39,3 +41,10 @@ def test_null_tests_are_read_from_filters_and_rebuilt_from_quoted_names() -> Non
     ]
     # A longer name that ends with a column's name is not that column.
     assert _null_tests(["at"], ["(p.deleted_at IS NULL)"]) == []
+
+
+def test_case_folded_comparisons_become_expression_elements() -> None:
+    columns = ["email", '"Name"', "mail"]
+    filters = ['((lower(c.email) = $1) AND (upper(c."Name") = $2))', "(c.mail = $3)"]
+    assert _folded(columns, filters) == ["(lower(email))", '(upper("Name"))']
+    assert _folded(["email"], ["(lower((c.email)::text) = $1)", "(slower(c.email) = $1)"]) == []

@@ -1076,6 +1076,43 @@ async def test_a_partial_index_for_statements_that_skip_null_rows() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+async def test_an_expression_index_for_a_case_insensitive_lookup() -> None:
+    """Statements that compare ``lower(email)`` get an index on that expression (one on
+    the column would not serve them); applied as given, the planner uses it, and the
+    next report, with it in place, suggests nothing more."""
+    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
+    query = "SELECT id FROM people WHERE lower(email) = $1"
+    async with asyncio.timeout(90), advised_database() as db:
+        await run_sql(
+            db,
+            "CREATE TABLE people (id serial PRIMARY KEY, email text NOT NULL)",
+            "INSERT INTO people (email) SELECT 'Person' || i || '@Example.com'"
+            " FROM generate_series(1, 100000) AS i",
+            "ANALYZE",
+            "SELECT pg_stat_statements_reset()",
+        )
+        async with session(db) as conn:
+            lookup = await conn.prepare(query)
+            for number in range(120):
+                assert len(await lookup.fetch(f"person{number + 1}@example.com")) == 1
+        async with optimizer(db, limits) as opt:
+            report = await opt.report()
+            (index,) = findings_on(report, "public.people")
+            assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.people ((lower(email)));"
+            await opt.apply(index)
+            again = await opt.report()
+        assert findings_on(again, "public.people") == [], again.as_text()
+        async with session(db) as conn:
+            (name,) = await index_names(conn, "people") - {"people_pkey"}
+            await conn.execute("ANALYZE people")
+            explained = await conn.fetch("EXPLAIN " + query.replace("$1", "'x'"))
+            plan = "\n".join(row[0] for row in explained)
+            assert name in plan, plan
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
 async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
     """A slow join that hashes a whole table to match a few rows: the columns the join
     matches on are candidates too, and the joined table's index is suggested with the
