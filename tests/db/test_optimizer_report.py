@@ -860,6 +860,29 @@ async def test_server_settings() -> None:
         assert report.check("settings").findings == ()
 
 
+EVERY_CALL = Thresholds(slow_query_ms=0, slow_query_calls=100)
+"""Every statement run 100 times is slow enough to be advised on."""
+
+
+@asynccontextmanager
+async def advised_database(*setup: str) -> AsyncIterator[Database]:
+    """A scratch database on a private cluster with pg_stat_statements and hypopg,
+    built by ``setup``; then the load is forgotten (``pg_stat_statements_reset()``), as
+    the advice weighs the writes pg_stat_statements holds against the reads."""
+    async with (
+        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
+        scratch_database("svc_adv", cluster.dsn) as db,
+    ):
+        await run_sql(
+            db,
+            "CREATE EXTENSION pg_stat_statements",
+            "CREATE EXTENSION hypopg",
+            *setup,
+            "SELECT pg_stat_statements_reset()",
+        )
+        yield db
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
@@ -869,21 +892,14 @@ async def test_slow_queries_and_suggested_indexes() -> None:
     plan's cost, as the exact CREATE INDEX to run; a query on the primary key, slow by
     the same lowered threshold, gets no suggestion. The load is forgotten first
     (``pg_stat_statements_reset()``): the advice weighs the rows the workload writes."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     async with (
         asyncio.timeout(55),
-        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
-        scratch_database("svc_rep", cluster.dsn) as db,
-    ):
-        await run_sql(
-            db,
-            "CREATE EXTENSION pg_stat_statements",
-            "CREATE EXTENSION hypopg",
+        advised_database(
             "CREATE TABLE t (id serial PRIMARY KEY, a integer, b integer)",
             "INSERT INTO t (a, b) SELECT i % 100, i % 10000 FROM generate_series(1, 200000) AS i",
             "ANALYZE t",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         async with session(db) as conn:
             by_b = await conn.prepare("SELECT * FROM t WHERE b = $1")
             by_id = await conn.prepare("SELECT * FROM t WHERE id = $1")
@@ -891,7 +907,7 @@ async def test_slow_queries_and_suggested_indexes() -> None:
                 assert len(await by_b.fetch(value)) == 20
                 assert len(await by_id.fetch(value + 1)) == 1
 
-        report = await make_report(db, limits)
+        report = await make_report(db, EVERY_CALL)
         assert report.overview["pg_stat_statements"] is True
         assert report.overview["hypopg"] is True
         slow = report.check("slow_queries")
@@ -928,16 +944,9 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
     every row on an unindexed foreign key: the advisor reads that filtered index scan
     too and suggests the key's column, and the foreign-key check then leaves the key
     out (one index serves both), saying so."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     async with (
         asyncio.timeout(55),
-        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
-        scratch_database("svc_rep", cluster.dsn) as db,
-    ):
-        await run_sql(
-            db,
-            "CREATE EXTENSION pg_stat_statements",
-            "CREATE EXTENSION hypopg",
+        advised_database(
             "CREATE TABLE customers (id integer PRIMARY KEY)",
             "INSERT INTO customers SELECT i FROM generate_series(1, 10000) AS i",
             "CREATE TABLE orders (id serial PRIMARY KEY, customer_id integer NOT NULL"
@@ -947,15 +956,15 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
             "CREATE INDEX orders_created_at ON orders (created_at)",
             "CREATE TABLE other (customer_id integer REFERENCES customers)",
             "ANALYZE",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         async with session(db) as conn:
             latest = await conn.prepare(
                 "SELECT id FROM orders WHERE customer_id = $1 ORDER BY created_at DESC LIMIT 5"
             )
             for value in range(120):
                 assert len(await latest.fetch(value + 1)) == 5
-        report = await make_report(db, limits)
+        report = await make_report(db, EVERY_CALL)
     suggested = report.check("suggested_indexes")
     (index,) = suggested.findings
     assert index.data["table"] == "public.orders"
@@ -963,17 +972,6 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
     keys = report.check("unindexed_foreign_keys")
     assert subjects(report, "unindexed_foreign_keys") == ["public.other.other_customer_id_fkey"]
     assert keys.note == "1 covered by a suggested index"
-
-
-@asynccontextmanager
-async def advised_database() -> AsyncIterator[Database]:
-    """A scratch database on a private cluster with pg_stat_statements and hypopg."""
-    async with (
-        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
-        scratch_database("svc_adv", cluster.dsn) as db,
-    ):
-        await run_sql(db, "CREATE EXTENSION pg_stat_statements", "CREATE EXTENSION hypopg")
-        yield db
 
 
 async def call(db: Database, query: str, values: range) -> None:
@@ -996,24 +994,23 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
     get one index between them, and an index on a table the workload writes to is
     suggested only once it saves the reads more time than it would add to the writes
     (both from pg_stat_statements)."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
-    async with asyncio.timeout(90), advised_database() as db:
-        await run_sql(
-            db,
+    async with (
+        asyncio.timeout(90),
+        advised_database(
             "CREATE TABLE t (id serial PRIMARY KEY, a integer, b integer)",
             "INSERT INTO t (a, b) SELECT i % 100, i % 10000 FROM generate_series(1, 200000) AS i",
             "CREATE TABLE w (id serial PRIMARY KEY, c integer, v integer)",
             "INSERT INTO w (c, v) SELECT i % 5000, 0 FROM generate_series(1, 50000) AS i",
             "ANALYZE",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         await call(db, "SELECT * FROM t WHERE b = $1", range(120))
         await call(db, "SELECT id FROM t WHERE b = $1 ORDER BY id", range(120))
         await call(db, "SELECT * FROM w WHERE c = $1", range(120))
         # Twenty rewrites of w: they take several times what the 120 reads of w took.
         await run_sql(db, *["UPDATE w SET v = v + 1", "VACUUM w"] * 20, "ANALYZE w")
 
-        report = await make_report(db, limits)
+        report = await make_report(db, EVERY_CALL)
         queries = {
             f.data["query"]: f.data["queryid"] for f in report.check("slow_queries").findings
         }
@@ -1029,7 +1026,7 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
         assert findings_on(report, "public.w") == [], report.as_text()
 
         await call(db, "SELECT * FROM w WHERE c = $1", range(1500))
-        report = await make_report(db, limits)
+        report = await make_report(db, EVERY_CALL)
         (index,) = findings_on(report, "public.w")
         assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.w (c);"
         assert index.data["rows_written"] == 1_000_000
@@ -1045,19 +1042,18 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
 async def test_a_partial_index_for_statements_that_skip_null_rows() -> None:
     """Statements that read only the rows whose ``deleted_at IS NULL`` get a partial
     index under that predicate; applied as given, the planner uses it."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     query = "SELECT id FROM p WHERE owner = $1 AND deleted_at IS NULL"
-    async with asyncio.timeout(90), advised_database() as db:
-        await run_sql(
-            db,
+    async with (
+        asyncio.timeout(90),
+        advised_database(
             "CREATE TABLE p (id serial PRIMARY KEY, owner integer NOT NULL, deleted_at integer)",
             "INSERT INTO p (owner, deleted_at) SELECT i % 1000,"
             " CASE WHEN i % 20 = 0 THEN NULL ELSE i END FROM generate_series(1, 200000) AS i",
             "ANALYZE",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         await call(db, query, range(120))
-        async with optimizer(db, limits) as opt:
+        async with optimizer(db, EVERY_CALL) as opt:
             report = await opt.report()
             (index,) = findings_on(report, "public.p")
             assert index.ddl == (
@@ -1080,22 +1076,21 @@ async def test_an_expression_index_for_a_case_insensitive_lookup() -> None:
     """Statements that compare ``lower(email)`` get an index on that expression (one on
     the column would not serve them); applied as given, the planner uses it, and the
     next report, with it in place, suggests nothing more."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     query = "SELECT id FROM people WHERE lower(email) = $1"
-    async with asyncio.timeout(90), advised_database() as db:
-        await run_sql(
-            db,
+    async with (
+        asyncio.timeout(90),
+        advised_database(
             "CREATE TABLE people (id serial PRIMARY KEY, email text NOT NULL)",
             "INSERT INTO people (email) SELECT 'Person' || i || '@Example.com'"
             " FROM generate_series(1, 100000) AS i",
             "ANALYZE",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         async with session(db) as conn:
             lookup = await conn.prepare(query)
             for number in range(120):
                 assert len(await lookup.fetch(f"person{number + 1}@example.com")) == 1
-        async with optimizer(db, limits) as opt:
+        async with optimizer(db, EVERY_CALL) as opt:
             report = await opt.report()
             (index,) = findings_on(report, "public.people")
             assert index.ddl == "CREATE INDEX CONCURRENTLY ON public.people ((lower(email)));"
@@ -1117,20 +1112,19 @@ async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
     """A slow join that hashes a whole table to match a few rows: the columns the join
     matches on are candidates too, and the joined table's index is suggested with the
     filter's, each chosen with the other in place."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
     query = "SELECT l.id FROM heads h JOIN lines l ON l.head_id = h.id WHERE h.ref = $1"
-    async with asyncio.timeout(90), advised_database() as db:
-        await run_sql(
-            db,
+    async with (
+        asyncio.timeout(90),
+        advised_database(
             "CREATE TABLE heads (id integer PRIMARY KEY, ref integer NOT NULL)",
             "INSERT INTO heads SELECT i, i FROM generate_series(1, 50000) AS i",
             "CREATE TABLE lines (id serial PRIMARY KEY, head_id integer NOT NULL)",
             "INSERT INTO lines (head_id) SELECT 1 + i % 50000 FROM generate_series(1, 200000) AS i",
             "ANALYZE",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         await call(db, query, range(1, 121))
-        report = await make_report(db, limits)
+        report = await make_report(db, EVERY_CALL)
     ddl = {f.ddl for f in report.check("suggested_indexes").findings}
     assert "CREATE INDEX CONCURRENTLY ON public.lines (head_id);" in ddl, report.as_text()
     assert "CREATE INDEX CONCURRENTLY ON public.heads (ref);" in ddl, report.as_text()
@@ -1142,20 +1136,19 @@ async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
 async def test_the_advice_says_which_tables_it_planned_without_statistics() -> None:
     """A table never analyzed is planned on default estimates, which may hide the index
     it needs: the check says which tables those are."""
-    limits = Thresholds(slow_query_ms=0, slow_query_calls=100)
-    async with asyncio.timeout(60), advised_database() as db:
-        await run_sql(
-            db,
+    async with (
+        asyncio.timeout(60),
+        advised_database(
             "CREATE TABLE u (id serial PRIMARY KEY, k integer) WITH (autovacuum_enabled = false)",
             "INSERT INTO u (k) SELECT i % 1000 FROM generate_series(1, 50000) AS i",
             "CREATE TABLE v (id serial PRIMARY KEY, k integer)",
             "INSERT INTO v (k) SELECT i FROM generate_series(1, 1000) AS i",
             "ANALYZE v",
-            "SELECT pg_stat_statements_reset()",
-        )
+        ) as db,
+    ):
         await call(db, "SELECT * FROM u WHERE k = $1", range(110))
         await call(db, "SELECT * FROM v WHERE k = $1", range(110))
-        suggested = (await make_report(db, limits)).check("suggested_indexes")
+        suggested = (await make_report(db, EVERY_CALL)).check("suggested_indexes")
         assert suggested.ran
         assert suggested.note is not None
         assert suggested.note.startswith("no planner statistics for public.u (never analyzed)")
