@@ -1154,6 +1154,33 @@ async def test_the_advice_says_which_tables_it_planned_without_statistics() -> N
         assert suggested.note.startswith("no planner statistics for public.u (never analyzed)")
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_a_slow_statement_that_cannot_be_planned_any_more_is_left_out() -> None:
+    """pg_stat_statements remembers statements on a table dropped since: the advisor
+    cannot prepare those, skips them, and still advises on the rest."""
+    async with (
+        asyncio.timeout(60),
+        advised_database(
+            "CREATE TABLE gone (k integer)",
+            "INSERT INTO gone SELECT i FROM generate_series(1, 1000) AS i",
+            "CREATE TABLE kept (id serial PRIMARY KEY, k integer)",
+            "INSERT INTO kept (k) SELECT i % 1000 FROM generate_series(1, 100000) AS i",
+            "ANALYZE",
+        ) as db,
+    ):
+        await call(db, "SELECT * FROM gone WHERE k = $1", range(110))
+        await call(db, "SELECT * FROM kept WHERE k = $1", range(110))
+        await run_sql(db, "DROP TABLE gone")
+        report = await make_report(db, EVERY_CALL)
+    slow = [f.data["query"] for f in report.check("slow_queries").findings]
+    assert "SELECT * FROM gone WHERE k = $1" in slow
+    suggested = report.check("suggested_indexes")
+    assert suggested.ran, suggested.note
+    assert [f.ddl for f in suggested.findings] == ["CREATE INDEX CONCURRENTLY ON public.kept (k);"]
+
+
 async def test_sqlite_report(sqlite_url: str) -> None:
     """On SQLite the report has its one check, which ran, and a note saying what
     SQLite cannot tell (usage statistics) so nothing looks falsely healthy."""
