@@ -16,7 +16,9 @@ or a program some other way carry the marker themselves (``pytestmark``, a decor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from tests.helpers import (
     service_url,
     unique_prefix,
 )
+from tests.support.watchdog import Watchdog
 
 SERVER_FIXTURES = {"pg_admin_url": "postgres", "redis_url": "redis"}
 """Fixture name -> the marker of every test that uses it."""
@@ -51,6 +54,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="fault suite and soak: minutes of load per scenario; print each ledger",
     )
+
+
+TEST_DEADLINE = float(os.environ.get("TEST_DEADLINE", "300"))
+"""Seconds one test may run before the watchdog dumps every task and cancels it
+(TEST_DEADLINE; ``--long`` runs get an hour)."""
+
+_watchdog = Watchdog(TEST_DEADLINE)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        _watchdog.seconds = max(_watchdog.seconds, 3600.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _watch_the_loop() -> None:
+    """Tell the watchdog which loop the tests run in."""
+    _watchdog.loop = asyncio.get_running_loop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    function = getattr(item, "function", None)
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return (yield)
+    timer = _watchdog.arm(code)
+    try:
+        return (yield)
+    finally:
+        timer.cancel()
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
