@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 TEST_DEADLINE = float(os.environ.get("TEST_DEADLINE", "300"))
 """Seconds one test may run before the watchdog dumps every task and cancels it
-(TEST_DEADLINE; ``--long`` runs get an hour)."""
+(TEST_DEADLINE; ``--long`` runs get an hour; ``@pytest.mark.deadline(s)`` for a test
+that runs a whole suite again)."""
 
 _watchdog = Watchdog(TEST_DEADLINE)
 
@@ -75,16 +76,33 @@ async def _watch_the_loop() -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _watchdog.watching(None, _own_deadline(item)):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    function = getattr(item, "function", None)
-    code = getattr(function, "__code__", None)
-    if code is None:
+    code = getattr(getattr(item, "function", None), "__code__", None)
+    with _watchdog.watching(code, _own_deadline(item)):
         return (yield)
-    timer = _watchdog.arm(code)
-    try:
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with _watchdog.watching(None, _own_deadline(item)):
         return (yield)
-    finally:
-        timer.cancel()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for dump in _watchdog.dumps:
+        terminalreporter.section("hung test")
+        terminalreporter.write_line(dump)
+
+
+def _own_deadline(item: pytest.Item) -> float | None:
+    marker = item.get_closest_marker("deadline")
+    return float(marker.args[0]) if marker else None
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers

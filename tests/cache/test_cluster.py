@@ -260,6 +260,7 @@ async def test_a_master_killed_under_load_fails_over_and_nothing_fails_or_goes_s
     assert len(ledger.reads) > 300, len(ledger.reads)
 
 
+@pytest.mark.deadline(900)  # the cache suite again, with its own time limit
 async def test_the_cache_suite_passes_on_a_cluster() -> None:
     """tests/cache again, TEST_REDIS_URL naming a private cluster, but for the tests
     marked ``one_node``; unraisable-exception warnings are not errors there either (see

@@ -200,6 +200,7 @@ async def test_a_locked_table_analyze_is_skipped_vacuum_is_cancelled(
     assert await advisory_locks(migrated_db) == 0
 
 
+@pytest.mark.deadline(900)  # three suites again; the run has its own 600 s limit
 async def test_the_api_cache_and_optimizer_suites_pass_through_pgbouncer(
     pg_admin_url: str,
 ) -> None:

@@ -5,19 +5,23 @@ the whole run until CI gives up, and say nothing about why. When a test outlives
 its deadline, the watchdog prints, from inside the loop, the await chain of every
 asyncio task (each coroutine frame down to the future it waits on) and the stack of
 every thread, then cancels the test's own task: that test fails with the dump in its
-captured output, and the run goes on.
+captured output, and the run goes on. A fixture's setup or teardown that hangs cannot
+be cancelled that way (its task is pytest-asyncio's): after the dump the run is
+interrupted, so it ends failed instead of never.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
-import faulthandler
+import contextlib
 import gc
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from types import CodeType, FrameType
-from typing import Any, TextIO
+from typing import Any
 
 
 def await_chain(task: asyncio.Task[Any]) -> Iterator[str]:
@@ -34,9 +38,15 @@ def await_chain(task: asyncio.Task[Any]) -> Iterator[str]:
             None,
         )
         if frame is None:
-            # A future's __await__ iterator says nothing; the future it holds does.
-            held = [o for o in gc.get_referents(awaited) if isinstance(o, asyncio.Future)]
-            yield f"    waits on {held[0] if held else awaited!r}"
+            # A future's __await__ iterator, or an async generator's asend: what they
+            # hold says more (the future, or the generator to follow further).
+            held = gc.get_referents(awaited)
+            generator = next((o for o in held if getattr(o, "ag_frame", None)), None)
+            if generator is not None:
+                awaited = generator
+                continue
+            future = next((o for o in held if isinstance(o, asyncio.Future)), awaited)
+            yield f"    waits on {future!r}"
             return
         code = frame.f_code
         yield f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}"
@@ -61,41 +71,73 @@ def _runs(task: asyncio.Task[Any], code: CodeType) -> bool:
     return False
 
 
-def dump_and_cancel(loop: asyncio.AbstractEventLoop, test: CodeType, out: TextIO) -> None:
-    """Print every task's await chain and every thread's stack; cancel the test's tasks.
-
-    Runs in the loop (scheduled with ``call_soon_threadsafe``)."""
+def describe_tasks(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Every task of ``loop`` and its await chain."""
     tasks = asyncio.all_tasks(loop)
-    print(f"\n--- hung test: {len(tasks)} asyncio tasks ---", file=out)
+    lines = [f"--- {len(tasks)} asyncio tasks ---"]
     for task in tasks:
-        print(f"  {task.get_name()} {task.get_coro()!r}", file=out)
-        for line in await_chain(task):
-            print(line, file=out)
-    print("--- threads ---", file=out, flush=True)
-    faulthandler.dump_traceback(file=out, all_threads=True)
-    for task in tasks:
-        if _runs(task, test):
-            task.cancel("the test outlived its deadline (see the dump above)")
+        lines.append(f"  {task.get_name()} {task.get_coro()!r}")
+        lines.extend(await_chain(task))
+    return lines
+
+
+def describe_threads() -> list[str]:
+    """Every thread's stack, innermost call last."""
+    lines = ["--- threads ---"]
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"  thread {names.get(ident, ident)}:")
+        lines.extend(line.rstrip("\n") for line in traceback.format_stack(frame))
+    return lines
 
 
 class Watchdog:
-    """Arms a timer around one test call; ``loop`` is set once the session loop runs."""
+    """Times each phase of a test; ``loop`` is set once the session loop runs.
+
+    ``dumps`` keeps what was printed before an interrupted run, for the terminal
+    summary (the captured output of a phase that never ended is not shown)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.dumps: list[str] = []
 
-    def arm(self, test: CodeType) -> threading.Timer:
-        timer = threading.Timer(self.seconds, self._fire, args=(test,))
+    @contextlib.contextmanager
+    def watching(self, test: CodeType | None, seconds: float | None = None) -> Iterator[None]:
+        """Watch one phase: the call of the test function ``test``, or (None) a fixture's
+        setup or teardown. ``seconds`` lengthens the default deadline."""
+        seconds = max(self.seconds, seconds or 0.0)
+        timer = threading.Timer(seconds, self._fire, args=(test, seconds))
         timer.daemon = True
         timer.start()
-        return timer
+        try:
+            yield
+        finally:
+            timer.cancel()
 
-    def _fire(self, test: CodeType) -> None:
-        out = sys.__stderr__ or sys.stderr
-        print(f"\n*** a test ran longer than {self.seconds:g} s ***", file=out, flush=True)
+    def _fire(self, test: CodeType | None, seconds: float) -> None:
+        header = f"*** a test ran longer than {seconds:g} s ***"
         loop = self.loop
         if loop is None or not loop.is_running():
-            faulthandler.dump_traceback(file=out, all_threads=True)
-            return
-        loop.call_soon_threadsafe(dump_and_cancel, loop, test, out)
+            self._report([header, *describe_threads()], stop=True)
+        else:
+            loop.call_soon_threadsafe(self._dump_and_cancel, loop, test, header)
+
+    def _dump_and_cancel(
+        self, loop: asyncio.AbstractEventLoop, test: CodeType | None, header: str
+    ) -> None:
+        """In the loop: describe every task and thread; cancel the test's tasks, or, when
+        none runs ``test`` (a fixture hangs), interrupt the run: nothing else ends it."""
+        lines = [header, *describe_tasks(loop), *describe_threads()]
+        hung = [t for t in asyncio.all_tasks(loop) if test is not None and _runs(t, test)]
+        for task in hung:
+            task.cancel("the test outlived its deadline (see the dump above)")
+        self._report(lines, stop=not hung)
+
+    def _report(self, lines: list[str], *, stop: bool) -> None:
+        text = "\n".join(lines)
+        if stop:
+            self.dumps.append(text)
+            _thread.interrupt_main()
+        else:  # captured, and shown with the failed test
+            print(f"\n{text}", file=sys.__stderr__ or sys.stderr, flush=True)
