@@ -344,23 +344,30 @@ def create_bench_app() -> ASGIApp:
                 await default_pool.aclose()
                 await shared["raw"].close()
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _run_lifespan(lifespan, scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        slash = path.find("/", 1)
-        head = path if slash < 0 else path[:slash]
-        reference = heads.get(head)
-        if reference is not None:
-            await reference(scope, receive, send)
-            return
-        variant = variants.get(head)
-        if variant is not None:
-            scope = {**scope, "path": path[len(head) :], "state": variant}
-        await targets.get(head, service)(scope, receive, send)
+    class Dispatcher:
+        @property
+        def hit_path(self) -> Any:
+            """The service's: ``/results/...`` reaches it unchanged, so the server may
+            answer its hits itself, as it does under ``service serve``."""
+            return getattr(service, "hit_path", None)
 
-    return app
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "lifespan":
+                await _run_lifespan(lifespan, scope, receive, send)
+                return
+            path: str = scope.get("path", "")
+            slash = path.find("/", 1)
+            head = path if slash < 0 else path[:slash]
+            reference = heads.get(head)
+            if reference is not None:
+                await reference(scope, receive, send)
+                return
+            variant = variants.get(head)
+            if variant is not None:
+                scope = {**scope, "path": path[len(head) :], "state": variant}
+            await targets.get(head, service)(scope, receive, send)
+
+    return Dispatcher()
 
 
 async def _run_lifespan(lifespan: Any, scope: Scope, receive: Receive, send: Send) -> None:

@@ -143,6 +143,17 @@ class ServiceApp(Starlette):
         self.outer = list(outer)
         super().__init__(**options)
 
+    @property
+    def hit_path(self) -> HitPath | None:
+        """The hit path, once built, when it is the app's outermost layer.
+
+        The HTTP server (:mod:`service.server`) then hands it the reads it may answer
+        from L1 before any ASGI runs: nothing outside the hit path would have run for
+        them anyway. With tracing on, a span wraps every request, so there is none.
+        """
+        stack = self.middleware_stack
+        return stack if isinstance(stack, HitPath) else None
+
     def build_middleware_stack(self) -> ASGIApp:
         # CancelledRequests right around the framework: inside the hit path, which
         # answers a cancelled read of its own alike, so a hit does not pay for it.

@@ -40,8 +40,14 @@ from typing import Any, ClassVar
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
+from service.api.reads import PREFIX, HitPath
 from service.config import Settings
 from service.logs import RateLimitedLog
 
@@ -108,9 +114,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._running: Any = None
         """The request cycle being answered (uvicorn remembers only the newest parsed)."""
+        self._hits: HitPath | None = None
+        self._answered = False
+        """The message being parsed was answered from L1 (there is no cycle for it)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._hits = _hit_path_of(self.app) if not self.access_log else None
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -204,6 +214,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request follows in the same read as an answer given at once: the connection
+        # is not idle, whatever that answer armed.
+        self._unset_keepalive_if_required()
+        self._answered = False
         self._in_head = True
         self._parsed = self._fields = 0
         self._arm_head_timer()
@@ -223,7 +237,60 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._received = 0
         self._disarm_head_timer()
+        if self._hits is not None and self._answer_at_once(self._hits):
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._answered:
+            super().on_message_complete()
+
+    def _answer_at_once(self, hits: HitPath) -> bool:
+        """Answer an L1 hit here, with what the hit path would have sent, and no task,
+        scope or ASGI message made for it; False to leave the request to the app.
+
+        Only a plain keep-alive HTTP/1.1 ``GET``/``HEAD`` with no body, nothing before it
+        still being answered, and a client reading what it is sent: anything else takes
+        the usual way, where uvicorn and the app handle it.
+        """
+        cycle = self.cycle
+        if (
+            (cycle is not None and not cycle.response_complete)
+            or self.pipeline
+            or self.flow.write_paused
+            or self.root_path
+            or self.limit_concurrency is not None
+        ):
+            return False
+        parser = self.parser
+        method = parser.get_method()
+        if (method != b"GET" and method != b"HEAD") or not self.url.startswith(_RESULTS):
+            return False
+        if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+            return False
+        headers = self.headers
+        for name, _ in headers:
+            if name in _NOT_AT_ONCE:
+                return False
+        path = httptools.parse_url(self.url).path
+        if b"%" in path or not path.isascii():
+            return False
+        found = hits.answer_now(self.app_state, method.decode(), path.decode(), headers)
+        if found is None:
+            return False
+        status, response_headers, body = found
+        content = [STATUS_LINE[status]]
+        for name, value in (*_dated(self.server_state.default_headers), *response_headers):
+            content += (name, b": ", value, b"\r\n")
+        content += (b"\r\n", body)
+        self.transport.write(b"".join(content))
+        self._answered = True
+        self.on_response_complete()
+        return True
 
     # Internals
 
@@ -336,6 +403,20 @@ def _dated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     if headers[0][1] == _date[1]:
         return headers
     return [(b"date", _date[1]), *headers[1:]]
+
+
+_RESULTS = PREFIX.encode()
+_NOT_AT_ONCE = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+"""Request headers that take a request the usual way: a body to read, or an upgrade."""
+
+
+def _hit_path_of(app: Any) -> HitPath | None:
+    """The hit path of the app this server runs (see ``ServiceApp.hit_path``), under
+    uvicorn's proxy-headers layer, which changes nothing a hit's answer depends on."""
+    while isinstance(app, ProxyHeadersMiddleware):
+        app = app.app
+    hits = getattr(app, "hit_path", None)
+    return hits if isinstance(hits, HitPath) else None
 
 
 def _reset(transport: asyncio.Transport) -> None:

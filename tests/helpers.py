@@ -551,8 +551,11 @@ def plus_vary(headers: Headers) -> Headers:
 
 
 @asynccontextmanager
-async def serving(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> AsyncIterator[str]:
-    """``app`` behind a real uvicorn on a free loopback port, in this event loop."""
+async def serving(
+    app: ASGIApp, *, lifespan: Literal["on", "off"] = "off", **options: Any
+) -> AsyncIterator[str]:
+    """``app`` behind a real uvicorn on a free loopback port, in this event loop;
+    ``options`` go to ``uvicorn.Config`` (``http=`` a protocol class, say)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -565,6 +568,7 @@ async def serving(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> As
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -174,9 +174,7 @@ class HitPath:
         if request.odd:
             return False
         analysis_id = path[_PREFIX_LENGTH:]
-        coding = self._coding(request.accept)
-        ready = results.ready(analysis_id)
-        representation = None if ready is None else ready.get(coding)
+        coding, ready, representation = self._lookup(results, request, analysis_id)
         monitor = self.monitor
         if monitor is not None:
             monitor.requests_in_progress += 1
@@ -210,12 +208,58 @@ class HitPath:
         finally:
             if monitor is not None:
                 monitor.requests_in_progress -= 1
+        self._record(method, status, started)
+        return True
+
+    def answer_now(
+        self,
+        state: Mapping[str, Any],
+        method: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> tuple[int, Headers, bytes] | None:
+        """The answer to a read whose representation L1 holds ready, with no ASGI at all;
+        None for anything else. For the HTTP server (:mod:`service.server`), which then
+        writes the answer itself and skips the request's task, scope and messages.
+
+        ``state`` is the lifespan state, ``path`` the request's path as received (not
+        unescaped: the server passes on any path with an escape in it).
+        """
+        started = perf_counter()
+        if (method != "GET" and method != "HEAD") or not path.startswith(PREFIX):
+            return None
+        results: ResultCache | None = state.get("result_cache")
+        if results is None:
+            return None
+        request = ReadRequest(headers)
+        if request.odd:
+            return None
+        _, ready, representation = self._lookup(results, request, path[_PREFIX_LENGTH:])
+        if ready is None or representation is None:
+            return None
+        results.count_l1_hit()
+        status, response_headers, body = answer(
+            ready, representation, request, head=method == "HEAD", tail=self.tail, stats=self.stats
+        )
+        self._record(method, status, started)
+        return status, response_headers, body
+
+    def _lookup(
+        self, results: ResultCache, request: ReadRequest, analysis_id: str
+    ) -> tuple[str, ReadyResult | None, Representation | None]:
+        """The coding the request gets, and the id's ready result and representation
+        in it (each None when L1 does not hold them)."""
+        coding = self._coding(request.accept)
+        ready = results.ready(analysis_id)
+        return coding, ready, None if ready is None else ready.get(coding)
+
+    def _record(self, method: str, status: int, started: float) -> None:
+        monitor = self.monitor
         if monitor is not None:
             slot = self._slots.get(method)
             if slot is None:  # made on first use, as the monitoring middleware does
                 slot = self._slots[method] = monitor.request_slot(method, self.endpoint)
             slot.record(status, perf_counter() - started)
-        return True
 
     @staticmethod
     async def _read(scope: Scope, results: ResultCache, analysis_id: str) -> CachedRead | None:
