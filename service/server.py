@@ -44,7 +44,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
-    RequestResponseCycle,
 )
 
 from service.api.reads import PREFIX, HitPath
@@ -106,10 +105,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._received = 0
         """Bytes received while a head was awaited (bounds what the parser buffers)."""
-        self._parsed = 0
-        """Bytes of request line and header fields parsed (the exact measure)."""
-        self._fields = 0
+        self._awaiting_head = True
+        """A head has begun (or the connection is new) and has not ended: it is timed."""
+        self._head_deadline = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
+        """At most one per connection, left armed from request to request (arming and
+        cancelling one per request cost more than the rest of the limits together):
+        when it fires it checks the current head's deadline and arms itself again."""
+        self._default_headers: tuple[list[tuple[bytes, bytes]], _DateAtAnswer] | None = None
         self._lingering: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._running: Any = None
@@ -121,7 +124,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._hits = _hit_path_of(self.app) if not self.access_log else None
-        self._arm_head_timer()
+        self._head_begins()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -139,8 +142,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         self._running = cycle
-        cycle.__class__ = _DatedCycle  # the same object, its Date taken when it answers
+        cycle.default_headers = self._date_at_answer(cycle.default_headers)
         super()._start_asgi_task(cycle, app)
+
+    def _date_at_answer(self, headers: list[tuple[bytes, bytes]]) -> _DateAtAnswer:
+        """``headers`` (uvicorn's, renewed once a second) as :class:`_DateAtAnswer`,
+        made once per list."""
+        known = self._default_headers
+        if known is None or known[0] is not headers:
+            known = self._default_headers = (headers, _DateAtAnswer(headers))
+        return known[1]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -219,24 +230,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self._answered = False
         self._in_head = True
-        self._parsed = self._fields = 0
-        self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
-        self._fields += 1
-        if self._fields > self.limits.max_fields:
-            raise _too_large(f"more than {self.limits.max_fields} header fields (MAX_HEADERS)")
-        super().on_header(name, value)
+        self._head_begins()
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._awaiting_head = False
         self._received = 0
-        self._disarm_head_timer()
+        # Counted once the head is whole: until then data_received bounds what is
+        # buffered, so a head past the limits costs at most one read more.
+        headers = self.headers
+        limits = self.limits
+        if len(headers) > limits.max_fields:
+            raise _too_large(f"more than {limits.max_fields} header fields (MAX_HEADERS)")
+        size = len(self.url) + 4 * len(headers)  # ": " and CRLF
+        for name, value in headers:
+            size += len(name) + len(value)
+        if size > limits.max_bytes:
+            raise _too_large(self._size_detail())
         if self._hits is not None and self._answer_at_once(self._hits):
             return
         super().on_headers_complete()
@@ -294,19 +303,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Internals
 
-    def _count(self, size: int) -> None:
-        self._parsed += size
-        if self._parsed > self.limits.max_bytes:
-            raise _too_large(self._size_detail())
-
     def _size_detail(self) -> str:
         return (
             f"the request line and headers exceed {self.limits.max_bytes} bytes (MAX_HEADER_BYTES)"
         )
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.timeout, self._head_too_slow)
+    def _head_begins(self) -> None:
+        self._awaiting_head = True
+        self._head_deadline = self.loop.time() + self.limits.timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_too_slow)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -315,7 +321,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
+        if not self._awaiting_head or self.transport.is_closing():
+            return  # the next head arms it again
+        if self.loop.time() < self._head_deadline:  # a later head than the one it was armed for
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_too_slow)
             return
         if self._received == 0 and self.cycle is None:
             # Nothing was ever sent: no one is waiting for an answer.
@@ -339,7 +348,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         to LINGER seconds. Closing at once with unread data would reset the connection,
         and a reset can destroy the answer before the client reads it.
         """
-        self._in_head = False
+        self._in_head = self._awaiting_head = False
         self._disarm_head_timer()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         _refusals.warning(
@@ -374,19 +383,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
 
-class _DatedCycle(RequestResponseCycle):
-    """uvicorn's request cycle, whose ``Date`` is the second its answer starts in.
+class _DateAtAnswer(list[tuple[bytes, bytes]]):
+    """uvicorn's default headers for a request, whose ``Date`` is the second its answer
+    starts in.
 
     uvicorn formats ``Date`` once a second in its main loop and gives a request the
     value current when the request arrived, so an answer could carry a Date up to a
     second or more before the moment it was made, and a Last-Modified written in
     between was later than its own Date (RFC 9110 section 8.8.2.1 forbids that).
+    uvicorn's cycle adds the response's headers to these when the answer starts: that
+    addition takes the Date then.
     """
 
-    async def send(self, message: Any) -> None:
-        if not self.response_started:
-            self.default_headers = _dated(self.default_headers)
-        await super().send(message)
+    def __add__(self, other: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
+        return [*_dated(self), *other]
 
 
 _date: tuple[int, bytes] = (0, b"")

@@ -14,11 +14,15 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 
 import httpx
 import orjson
 import pytest
+from starlette.types import Receive, Scope, Send
 
+from service.server import GuardedHttpToolsProtocol
+from tests.helpers import serving
 from tests.support.server import RunningService, rss_bytes, running_service
 
 pytestmark = pytest.mark.slow
@@ -271,3 +275,20 @@ async def test_a_pipelining_client_that_goes_away_costs_no_error(
     log = server.log()
     assert "ERROR" not in log, log
     assert "Traceback" not in log, log
+
+
+async def test_date_is_the_second_the_answer_starts_in() -> None:
+    """uvicorn renews Date once a second and gives a request the value of when it
+    arrived; an answer started a second later carries the later Date."""
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(1.2)
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    async with serving(slow, http=GuardedHttpToolsProtocol) as url, httpx.AsyncClient() as client:
+        for _ in range(2):  # the second on a kept-alive connection
+            asked = time.time()
+            answer = await client.get(url)
+            assert parsedate_to_datetime(answer.headers["date"]).timestamp() >= int(asked) + 1
