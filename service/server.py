@@ -119,7 +119,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """The request cycle being answered (uvicorn remembers only the newest parsed)."""
         self._hits: HitPath | None = None
         self._answered = False
-        """The message being parsed was answered from L1 (there is no cycle for it)."""
+        """The message being parsed was answered from L1 (there is no cycle for it; it
+        has no body either, or it would not have been)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -249,10 +250,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._hits is not None and self._answer_at_once(self._hits):
             return
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if not self._answered:
-            super().on_body(body)
 
     def on_message_complete(self) -> None:
         if not self._answered:
