@@ -39,6 +39,11 @@ class Scenario:
     def socket_errors(self) -> int:
         return sum(r.socket_errors for r in self.runs)
 
+    def server_cpu_us(self) -> float | None:
+        """Median server CPU per response (µs), over the runs that measured it."""
+        values = [r.server_cpu_us for r in self.runs if r.server_cpu_us is not None]
+        return statistics.median(values) if values else None
+
 
 @dataclass(frozen=True, slots=True)
 class Goal:
@@ -78,15 +83,19 @@ def _ms(value: float | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
 def scenario_table(scenarios: dict[str, Scenario]) -> str:
     lines = [
-        "| scenario | req/s (median) | spread (min-max) | p50 ms | p99 ms | ratio | "
-        "responses by status |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| scenario | req/s (median) | spread (min-max) | p50 ms | p99 ms | server CPU µs/req | "
+        "ratio | responses by status |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in scenarios.values():
         if not s.built or not s.runs:
-            lines.append(f"| {s.title} | {NOT_BUILT} | | | | | {s.note} |")
+            lines.append(f"| {s.title} | {NOT_BUILT} | | | | | | {s.note} |")
             continue
         rates = [r.requests_per_second for r in s.runs]
         r = ratio(scenarios, s.key, s.reference) if s.reference else None
@@ -98,7 +107,8 @@ def scenario_table(scenarios: dict[str, Scenario]) -> str:
             statuses += f"; socket errors: {s.socket_errors():,}"
         lines.append(
             f"| {s.title} | {s.rps():,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
-            f"{_ms(s.latency('p50_ms'))} | {_ms(s.latency('p99_ms'))} | {against} | {statuses} |"
+            f"{_ms(s.latency('p50_ms'))} | {_ms(s.latency('p99_ms'))} | {_us(s.server_cpu_us())} | "
+            f"{against} | {statuses} |"
         )
     return "\n".join(lines)
 

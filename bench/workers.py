@@ -27,31 +27,10 @@ from pathlib import Path
 from bench import wrk
 from bench.__main__ import bench_database, cache_prefix, document, free_port, running
 from bench.app import DOCUMENT_ID
+from bench.cpu import cpu_seconds
 from service.db.migrations import upgrade
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of ``pid`` and its children (uvicorn's workers), so far."""
-    total = 0.0
-    for candidate in [pid, *children(pid)]:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{candidate}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ def test_wrk_output_is_parsed() -> None:
     assert result.statuses == {200: 990, 503: 10}
     assert result.unexpected == {503: 10}
     assert result.socket_errors == 5
+    assert result.requests == 1000
 
 
 @pytest.mark.slow
@@ -73,6 +74,8 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
         if scenario.built:
             rate = row.split(" | ")[1].replace(",", "")
             assert float(rate) > 0, row
+            cpu = row.split(" | ")[5].replace(",", "")  # server CPU µs per response
+            assert float(cpu) > 0, row
             status = 304 if scenario.key == "hot_304" else 200
             assert re.search(rf"{status}: [\d,]+", row), row
             if scenario.reference is not None and scenarios()[scenario.reference].built:
