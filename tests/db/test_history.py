@@ -20,10 +20,10 @@ from tests.db.test_optimizer_report import (
     optimizer,
     run_sql,
     session,
+    statements_database,
     subjects,
 )
-from tests.helpers import Database, scratch_database
-from tests.support.private_postgres import private_postgres
+from tests.helpers import Database
 from tests.support.server import run_cli
 
 
@@ -82,15 +82,12 @@ async def test_a_statement_whose_mean_grew_is_named() -> None:
     limits = Thresholds(changed_calls=20)
     async with (
         asyncio.timeout(60),
-        private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
-        scratch_database("svc_hist", cluster.dsn) as db,
-    ):
-        await run_sql(
-            db,
-            "CREATE EXTENSION pg_stat_statements",
+        statements_database(
+            "svc_hist",
             "CREATE TABLE t (a integer, b integer)",
             "INSERT INTO t SELECT i, i % 1000 FROM generate_series(1, 2000) AS i",
-        )
+        ) as db,
+    ):
 
         async def run_queries() -> None:
             async with session(db) as conn:

@@ -865,21 +865,24 @@ EVERY_CALL = Thresholds(slow_query_ms=0, slow_query_calls=100)
 
 
 @asynccontextmanager
-async def advised_database(*setup: str) -> AsyncIterator[Database]:
-    """A scratch database on a private cluster with pg_stat_statements and hypopg,
-    built by ``setup``; then the load is forgotten (``pg_stat_statements_reset()``), as
-    the advice weighs the writes pg_stat_statements holds against the reads."""
+async def statements_database(prefix: str, *setup: str) -> AsyncIterator[Database]:
+    """A scratch database on a private cluster that preloads pg_stat_statements, with
+    the extension created, then built by ``setup``."""
     async with (
         private_postgres(["shared_preload_libraries=pg_stat_statements"]) as cluster,
-        scratch_database("svc_adv", cluster.dsn) as db,
+        scratch_database(prefix, cluster.dsn) as db,
     ):
-        await run_sql(
-            db,
-            "CREATE EXTENSION pg_stat_statements",
-            "CREATE EXTENSION hypopg",
-            *setup,
-            "SELECT pg_stat_statements_reset()",
-        )
+        await run_sql(db, "CREATE EXTENSION pg_stat_statements", *setup)
+        yield db
+
+
+@asynccontextmanager
+async def advised_database(*setup: str) -> AsyncIterator[Database]:
+    """:func:`statements_database` with hypopg too; after ``setup`` the load is forgotten
+    (``pg_stat_statements_reset()``), as the advice weighs the writes
+    pg_stat_statements holds against the reads."""
+    setup = ("CREATE EXTENSION hypopg", *setup, "SELECT pg_stat_statements_reset()")
+    async with statements_database("svc_adv", *setup) as db:
         yield db
 
 
