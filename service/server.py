@@ -226,10 +226,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        # A request follows in the same read as an answer given at once: the connection
-        # is not idle, whatever that answer armed.
-        self._unset_keepalive_if_required()
-        self._answered = False
+        if self._answered:
+            # A request follows in the same read as an answer given at once: the
+            # connection is not idle, whatever that answer armed.
+            self._unset_keepalive_if_required()
+            self._answered = False
         self._in_head = True
         self._head_begins()
 
@@ -247,7 +248,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             size += len(name) + len(value)
         if size > limits.max_bytes:
             raise _too_large(self._size_detail())
-        if self._hits is not None and self._answer_at_once(self._hits):
+        hits = self._hits
+        if hits is not None and self.url.startswith(_RESULTS) and self._answer_at_once(hits):
             return
         super().on_headers_complete()
 
