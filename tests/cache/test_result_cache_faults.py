@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from service.cache import entry
 from service.cache.backends import RedisBackend, leading_version
+from service.cache.invalidation import InvalidationListener
 from service.cache.local import LocalCache
 from service.cache.manager import CacheManager
 from service.cache.result_cache import ResultCache
@@ -174,3 +175,49 @@ def test_entries_round_trip_and_refuse_what_they_are_not() -> None:
     for junk in (b"", b"{}", b"7 X\n", b"7 R 1\n{}"):
         with pytest.raises(ValueError, match="entry"):
             entry.decode("r-1", junk)
+
+
+@pytest.mark.redis
+async def test_the_listener_pings_a_quiet_channel_and_leaves_a_frozen_redis() -> None:
+    """The listener's read waits with no timeout, so a second task watches it: a quiet
+    but live connection answers the pings and stays trusted; a frozen Redis answers
+    nothing, and the listener reconnects once it thaws, reporting the gap."""
+    received: list[str] = []
+    gaps: list[float] = []
+    async with private_redis() as server:
+        backend = RedisBackend(server.url, socket_timeout=0.2)
+        listener = InvalidationListener(
+            backend,
+            "quiet",
+            received.append,
+            lambda: gaps.append(time.monotonic()),
+            ping_interval=0.2,
+            dead_after=0.6,
+        )
+        listener.start()
+        try:
+            assert await listener.wait_connected(10)
+            async with aioredis.Redis.from_url(server.url) as publisher:
+                await publisher.publish("quiet", "one")
+                deadline = time.monotonic() + 5
+                while received != ["one"]:
+                    assert time.monotonic() < deadline, received
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(1.5)  # seven ping intervals, two dead_after, no message
+            assert listener.connected, "a quiet, live connection was given up"
+            assert len(gaps) == 1
+
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                frozen = time.monotonic()
+                while listener.connected:
+                    assert time.monotonic() - frozen < 5, "the listener trusted a frozen Redis"
+                    await asyncio.sleep(0.02)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            assert await listener.wait_connected(10)
+            assert len(gaps) == 2, "the reconnect did not report its gap"
+        finally:
+            await listener.aclose()
+            await backend.aclose()
