@@ -259,11 +259,12 @@ def render(
     applied: list[tuple[Finding, str]],
     elapsed: float,
 ) -> str:
+    pinned = f" (on core {CLIENT_CORE}, the cluster on core {DATABASE_CORE})" if pinning() else ""
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
         f" --clients {args.clients}`: {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
-        f"{' (on core 1, the cluster on core 0)' if pinning() else ''}, medians of"
+        f"{pinned}, medians of"
         f" {args.runs} rounds, each running every script on the database as built and on"
         f" its copy with the advice applied, side by side (after / before: the median of"
         f" the rounds' ratios); the report took {report_seconds:.2f} s;"

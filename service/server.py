@@ -263,7 +263,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
         Only a plain keep-alive HTTP/1.1 ``GET``/``HEAD`` with no body, nothing before it
         still being answered, and a client reading what it is sent: anything else takes
-        the usual way, where uvicorn and the app handle it.
+        the usual way, where uvicorn and the app handle it. The caller has checked that
+        the target starts with ``/results/``.
         """
         cycle = self.cycle
         if (
@@ -276,7 +277,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         parser = self.parser
         method = parser.get_method()
-        if (method != b"GET" and method != b"HEAD") or not self.url.startswith(_RESULTS):
+        if method != b"GET" and method != b"HEAD":
             return False
         if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             return False
