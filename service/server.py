@@ -121,14 +121,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answered = False
         """The message being parsed was answered from L1 (there is no cycle for it; it
         has no body either, or it would not have been)."""
+        self._unsent: list[bytes] = []
+        """Answers given from L1 during this pass of the event loop, not yet written."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._hits = _hit_path_of(self.app) if not self.access_log else None
-        self._head_begins()
+        self._wait(self.limits.timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._unsent.clear()
         for timer in (self._lingering, self._send_timer):
             if timer is not None:
                 timer.cancel()
@@ -155,10 +158,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return known[1]
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.pipeline:
-            self._in_head = True  # what arrives next is the next request's head
-            self._received = 0
+        # uvicorn's, except for the wait for the next request: uvicorn arms a timer for
+        # it after every response and cancels it when the next request begins; here the
+        # connection's one timer times that wait too (see _head_too_slow).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._in_head = True  # what arrives next is the next request's head
+        self._received = 0
+        self._wait(self.timeout_keep_alive)
+
+    def shutdown(self) -> None:
+        self._send_unsent()
+        super().shutdown()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -188,7 +205,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return  # refused: what the client still sends is dropped unread
         if self._in_head:
             self._received += len(data)
-        self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -214,6 +230,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
+                self._send_unsent()
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
@@ -226,13 +243,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._answered:
-            # A request follows in the same read as an answer given at once: the
-            # connection is not idle, whatever that answer armed.
-            self._unset_keepalive_if_required()
-            self._answered = False
+        self._answered = False
         self._in_head = True
-        self._head_begins()
+        self._wait(self.limits.timeout)
 
     def on_headers_complete(self) -> None:
         self._in_head = self._awaiting_head = False
@@ -271,6 +284,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             (cycle is not None and not cycle.response_complete)
             or self.pipeline
             or self.flow.write_paused
+            or len(self._unsent) >= _MOST_UNSENT
             or self.root_path
             or self.limit_concurrency is not None
         ):
@@ -291,15 +305,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         found = hits.answer_now(self.app_state, method.decode(), path.decode(), headers)
         if found is None:
             return False
-        status, response_headers, body = found
-        content = [STATUS_LINE[status]]
-        for name, value in (*_dated(self.server_state.default_headers), *response_headers):
-            content += (name, b": ", value, b"\r\n")
-        content += (b"\r\n", body)
-        self.transport.write(b"".join(content))
+        status, lines, body = found
+        if not self._unsent:
+            self.loop.call_soon(self._send_unsent)
+        self._unsent += (_server_lines(status, self.server_state.default_headers), lines, body)
         self._answered = True
         self.on_response_complete()
         return True
+
+    def _send_unsent(self) -> None:
+        """Write the answers given from L1 since the last call, in one system call.
+
+        An answer is written once the event loop has called back every connection with
+        data to read, rather than from that callback: writing between the reads cost a
+        hit more CPU (in the kernel and in Python) than the whole of its Python, under
+        many connections. Responses written by ASGI tasks are batched so by the loop
+        itself. Anything else this protocol writes to the transport calls this first,
+        so answers keep their order.
+        """
+        unsent = self._unsent
+        if unsent:
+            self._unsent = []
+            if not self.transport.is_closing():
+                self.transport.writelines(unsent)
 
     # Internals
 
@@ -308,11 +336,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"the request line and headers exceed {self.limits.max_bytes} bytes (MAX_HEADER_BYTES)"
         )
 
-    def _head_begins(self) -> None:
+    def _wait(self, seconds: float) -> None:
+        """Drop the connection unless a head (begun, or not yet) ends within ``seconds``."""
         self._awaiting_head = True
-        self._head_deadline = self.loop.time() + self.limits.timeout
+        now = self.loop.time()
+        self._head_deadline = now + seconds
         if self._head_timer is None:
-            self._head_timer = self.loop.call_at(self._head_deadline, self._head_too_slow)
+            self._head_timer = self.loop.call_at(now + self._tick(), self._head_too_slow)
+
+    def _tick(self) -> float:
+        """How long the connection's timer sleeps at most: no wait is shorter, so a
+        deadline set after the timer was armed is never missed (by more than a
+        hundredth of a second, should a wait be set shorter than that)."""
+        return max(0.01, min(self.limits.timeout, self.timeout_keep_alive))
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -322,12 +358,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if not self._awaiting_head or self.transport.is_closing():
-            return  # the next head arms it again
-        if self.loop.time() < self._head_deadline:  # a later head than the one it was armed for
-            self._head_timer = self.loop.call_at(self._head_deadline, self._head_too_slow)
+            return  # the next wait arms it again
+        now = self.loop.time()
+        if now < self._head_deadline:  # a later wait than the one it was armed for
+            wake = min(self._head_deadline, now + self._tick())
+            self._head_timer = self.loop.call_at(wake, self._head_too_slow)
             return
-        if self._received == 0 and self.cycle is None:
-            # Nothing was ever sent: no one is waiting for an answer.
+        if self._received == 0 and (self.cycle is None or self.cycle.response_complete):
+            # No request has begun since the last answer: no one is waiting for one.
             self.transport.close()
             return
         self._refuse(
@@ -350,6 +388,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """
         self._in_head = self._awaiting_head = False
         self._disarm_head_timer()
+        self._send_unsent()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         _refusals.warning(
             refusal.slug, "%s refused with %d: %s", client, refusal.status, refusal.detail
@@ -400,6 +439,23 @@ class _DateAtAnswer(list[tuple[bytes, bytes]]):
 
 
 _date: tuple[int, bytes] = (0, b"")
+_starts: tuple[int, list[tuple[bytes, bytes]], dict[int, bytes]] = (0, [], {})
+
+
+def _server_lines(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The status line and the server's own header lines (``headers``, uvicorn's
+    defaults, with the Date of this second), made once a second per status."""
+    global _starts
+    now = int(time.time())
+    second, known, made = _starts
+    if second != now or known is not headers:
+        made = {}
+        _starts = (now, headers, made)
+    lines = made.get(status)
+    if lines is None:
+        pairs = _dated(headers)
+        lines = made[status] = STATUS_LINE[status] + b"".join(b"%s: %s\r\n" % p for p in pairs)
+    return lines
 
 
 def _dated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -416,6 +472,10 @@ def _dated(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 
 
 _RESULTS = PREFIX.encode()
+_MOST_UNSENT = 3 * 16
+"""Parts of the answers given at once that a connection may have waiting to be
+written: sixteen answers. A client pipelining more in one read has the rest answered
+the usual way, under uvicorn's flow control, rather than held here."""
 _NOT_AT_ONCE = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 """Request headers that take a request the usual way: a body to read, or an upgrade."""
 

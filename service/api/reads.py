@@ -100,17 +100,31 @@ def answer(
     place (Starlette's GZipMiddleware does), and must never edit the blocks that every
     later response shares.
     """
+    not_modified, settled = _outcome(ready, representation, request, stats)
+    headers = [*representation.block(not_modified, settled), *tail]
+    if not_modified:
+        return 304, headers, b""
+    return 200, headers, b"" if head else representation.body
+
+
+def _outcome(
+    ready: ReadyResult,
+    representation: Representation,
+    request: ReadRequest,
+    stats: CompressionStats | None,
+) -> tuple[bool, bool]:
+    """Whether a read of ``representation`` is answered 304, and whether its version is
+    settled (sent with Last-Modified); a 200 in a coding is counted in ``stats``."""
     settled = ready.settled(time())
     if ready.not_modified(
         representation, request.if_none_match, request.if_modified_since, settled
     ):
-        return 304, [*representation.block(True, settled), *tail], b""
+        return True, settled
     coding = representation.coding
     if coding != IDENTITY and stats is not None:
         stats.record(coding, len(ready.stored.body), len(representation.body))
         stats.count_response(coding)
-    headers = [*representation.block(False, settled), *tail]
-    return 200, headers, b"" if head else representation.body
+    return False, settled
 
 
 class HitPath:
@@ -217,10 +231,12 @@ class HitPath:
         method: str,
         path: str,
         headers: Sequence[tuple[bytes, bytes]],
-    ) -> tuple[int, Headers, bytes] | None:
+    ) -> tuple[int, bytes, bytes] | None:
         """The answer to a read whose representation L1 holds ready, with no ASGI at all;
         None for anything else. For the HTTP server (:mod:`service.server`), which then
-        writes the answer itself and skips the request's task, scope and messages.
+        writes the answer itself and skips the request's task, scope and messages: its
+        status, its header lines after the server's own (ready made, see
+        :meth:`Representation.lines`) and its body.
 
         ``state`` is the lifespan state, ``path`` the request's path as received (not
         unescaped: the server passes on any path with an escape in it).
@@ -238,11 +254,14 @@ class HitPath:
         if ready is None or representation is None:
             return None
         results.count_l1_hit()
-        status, response_headers, body = answer(
-            ready, representation, request, head=method == "HEAD", tail=self.tail, stats=self.stats
-        )
+        not_modified, settled = _outcome(ready, representation, request, self.stats)
+        lines = representation.lines(not_modified, settled, self.tail)
+        if not_modified:
+            status, body = 304, b""
+        else:
+            status, body = 200, b"" if method == "HEAD" else representation.body
         self._record(method, status, started)
-        return status, response_headers, body
+        return status, lines, body
 
     def _lookup(
         self, results: ResultCache, request: ReadRequest, analysis_id: str

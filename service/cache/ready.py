@@ -40,7 +40,7 @@ class Representation:
     it was written (see :meth:`ReadyResult.settled`).
     """
 
-    __slots__ = ("_blocks", "body", "coding", "etag")
+    __slots__ = ("_blocks", "_lines", "body", "coding", "etag")
 
     def __init__(self, body: bytes, coding: str, etag: str, last_modified: bytes) -> None:
         self.body = body
@@ -60,6 +60,7 @@ class Representation:
             [*described, tag, vary, *encoding],
             [tag, vary],
         )
+        self._lines: list[tuple[Headers, bytes] | None] = [None, None, None, None]
 
     def block(self, not_modified: bool, settled: bool) -> Headers:
         """The header block of a 304 or a 200, with Last-Modified when ``settled``.
@@ -67,6 +68,17 @@ class Representation:
         Shared by every response: copy it before adding to it.
         """
         return self._blocks[not_modified + (0 if settled else 2)]
+
+    def lines(self, not_modified: bool, settled: bool, tail: Headers) -> bytes:
+        """:meth:`block` and ``tail`` as HTTP/1.1 header lines, with the empty line that
+        ends a head: for a server that writes the response itself. Made once per block
+        (for the latest ``tail`` asked for: a server asks with one tail only)."""
+        index = not_modified + (0 if settled else 2)
+        made = self._lines[index]
+        if made is None or made[0] is not tail:
+            lines = b"".join(b"%s: %s\r\n" % pair for pair in (*self._blocks[index], *tail))
+            made = self._lines[index] = (tail, lines + b"\r\n")
+        return made[1]
 
 
 class ReadyResult:

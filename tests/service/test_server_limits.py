@@ -180,6 +180,105 @@ async def test_keep_alive_requests_each_get_the_full_allowance(server: RunningSe
         writer.close()
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+KEEP_ALIVE = 5.0
+"""uvicorn's default keep-alive timeout, which ``service serve`` keeps."""
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response with a Content-Length: its status line, head and body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+@pytest.fixture(scope="module")
+async def hit(server: RunningService) -> bytes:
+    """A GET the server answers from L1 by itself (see ``service.server``)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (await client.put("/results/kept", json={"a": 1})).status_code in (200, 201)
+        for _ in range(2):  # the second read is an L1 hit
+            read = await client.get("/results/kept")
+        assert read.headers["cache-status"].endswith("detail=l1"), read.headers
+    return b"GET /results/kept HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("target", ["hit", "app"])
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
+    server: RunningService, hit: bytes, target: str
+) -> None:
+    """Once a response is sent, a connection waits for the next request as long as
+    uvicorn's keep-alive timeout says, HEADER_TIMEOUT or not, then is closed silently;
+    whether the server answered the read itself (a hit) or the app did."""
+    request = hit if target == "hit" else HEALTHZ
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for _ in range(2):
+            writer.write(request)
+            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            await asyncio.sleep(2.5)  # past HEADER_TIMEOUT: still open
+        assert await asyncio.wait_for(reader.read(), KEEP_ALIVE + 3) == b""
+        assert KEEP_ALIVE - 0.5 < time.monotonic() - answered < KEEP_ALIVE + 1.5
+    finally:
+        writer.close()
+
+
+async def test_a_head_begun_on_an_idle_connection_has_the_head_timeout(
+    server: RunningService, hit: bytes
+) -> None:
+    """The keep-alive wait is longer than HEADER_TIMEOUT: a head begun during it is
+    still cut off at HEADER_TIMEOUT."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(hit)
+        assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.5)  # the connection's timer has gone off once meanwhile
+        writer.write(b"GET /healthz HTTP/1.1\r\nho")
+        started = time.monotonic()
+        status, problem = status_and_problem(await asyncio.wait_for(reader.read(), 5))
+        assert status == 408, problem
+        assert time.monotonic() - started < 2.5
+    finally:
+        writer.close()
+
+
+async def test_a_refusal_after_pipelined_hits_comes_after_their_answers(
+    server: RunningService, hit: bytes
+) -> None:
+    """Answers the server gives from L1 are written once the event loop has read every
+    connection; a refusal in the same read is written at once, but only after them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(hit * 10 + b"GET /healthz HTTP/1.1\r\nhost x\r\n\r\n")
+        for _ in range(10):
+            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+        status, problem = status_and_problem(await asyncio.wait_for(reader.read(), 5))
+        assert status == 400, problem
+    finally:
+        writer.close()
+
+
+async def test_many_pipelined_hits_are_all_answered_in_order(
+    server: RunningService, hit: bytes
+) -> None:
+    """Past sixteen answers waiting to be written, the rest of a pipelined batch is
+    answered the usual way: every request still gets its answer, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"".join(hit if n % 25 else HEALTHZ for n in range(1, 101)))
+        for n in range(1, 101):
+            answer = await read_response(reader)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            assert (b'"status"' in answer) == (n % 25 == 0), (n, answer)
+    finally:
+        writer.close()
+
+
 async def test_clients_that_stop_reading_are_dropped_with_their_responses(
     server: RunningService,
 ) -> None:
