@@ -22,6 +22,10 @@ read (``service.api.body``). And a lost connection is told to every request on i
 one being answered included (uvicorn tells only the newest parsed, so a pipelining
 client that went away made the answered one write to a closed transport: an ERROR).
 
+When the server accepts a connection, it also accepts those waiting behind it
+(:mod:`service.accepting`): libuv accepts one per turn of its loop, and a busy loop
+takes long turns.
+
 ``service serve`` uses this protocol; :func:`configure` sets its limits (each worker's
 app factory calls it with the settings it read).
 """
@@ -46,6 +50,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
 )
 
+from service.accepting import accept_waiting
 from service.api.reads import PREFIX, HitPath
 from service.config import Settings
 from service.logs import RateLimitedLog
@@ -128,6 +133,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._hits = _hit_path_of(self.app) if not self.access_log else None
         self._wait(self.limits.timeout)
+        accept_waiting(self.loop, transport, self._another, self.config.ssl)
+
+    def _another(self) -> GuardedHttpToolsProtocol:
+        """The protocol of another connection to the same server, made as uvicorn
+        makes one."""
+        return type(self)(
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.app_state,
+            _loop=self.loop,
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
