@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 from bench import wrk
 from bench.app import CASHEWS_INSTALLED, DOCUMENT_ID
-from bench.cpu import cpu_seconds
+from bench.cpu import cpu_seconds, wait_until_idle
 from bench.in_process import monitoring_cost
 from bench.report import Goal, Scenario, goal_table, ratio, scenario_table
 from service.config import Settings
@@ -513,27 +513,32 @@ def main(argv: list[str] | None = None) -> int:
                 "list": wrk.Load("/results?limit=100"),
             }
 
+            loads["saturation"] = loads["get"]  # the same reads, many more connections
+
             def measure(key: str, seconds: float, connections: int) -> wrk.WrkResult:
-                load = loads.get(key) or loads["get"]
                 target = plain if key == "asgi_plain" else base
                 before = cpu_seconds(SERVER_PIDS[target])
                 result = wrk.run(
-                    target, load, seconds=seconds, connections=connections, script_dir=work
+                    target, loads[key], seconds=seconds, connections=connections, script_dir=work
                 )
+                # The requests wrk left in flight are this run's work, not the next one's:
+                # a run at 1,024 connections left the server busy for a while after it.
+                wait_until_idle(SERVER_PIDS[target])
                 used = cpu_seconds(SERVER_PIDS[target]) - before
                 if result.requests:
                     result.server_cpu_us = used / result.requests * 1e6
                 return result
 
+            rows = [key for key in loads if key != "saturation"]
             if args.only:
-                loads = {key: load for key, load in loads.items() if key in args.only}
-            for key in loads:  # warm-up: prepared statements, pool, caches of the OS
+                rows = [key for key in rows if key in args.only]
+            for key in rows:  # warm-up: prepared statements, pool, caches of the OS
                 measure(key, 1 if args.smoke else 2, args.connections)
             for round_number in range(args.runs):
                 # Every other round backwards: a row's place in a round (what ran just
                 # before it, how long the machine has been busy) then cancels out of the
                 # medians instead of favouring the rows that always come first.
-                order = list(loads) if round_number % 2 == 0 else list(reversed(loads))
+                order = rows if round_number % 2 == 0 else rows[::-1]
                 for key in order:
                     table[key].runs.append(measure(key, args.seconds, args.connections))
                 if not args.only or "saturation" in args.only:

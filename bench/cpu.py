@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -28,3 +29,19 @@ def children(pid: int) -> list[int]:
                 if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
                     found.append(int(entry.name))
     return found
+
+
+def wait_until_idle(
+    pid: int, *, window: float = 0.1, busy: float = 0.05, limit: float = 10.0
+) -> None:
+    """Wait until ``pid`` (with its children) uses less than ``busy`` of a core over
+    ``window`` seconds, for at most ``limit`` seconds: until the requests a load left
+    in flight are answered, so the next load starts on an idle server."""
+    deadline = time.monotonic() + limit
+    used = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if now - used < busy * window:
+            return
+        used = now
