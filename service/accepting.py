@@ -46,7 +46,8 @@ class _Listener:
 
 
 _listeners: dict[Any, _Listener | None] = {}
-"""Per local address of an accepted connection: the socket listening there."""
+"""Per local address of an accepted connection: the socket listening for it."""
+_WILDCARDS: Final = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, never bound
 
 
 def accept_waiting(
@@ -100,8 +101,19 @@ async def _adopt(
 
 
 def _key(local: Any) -> Any:
-    # A server may listen on a wildcard address: its port (or path) says which.
-    return local[1] if isinstance(local, tuple) else local
+    """(host, port) of an Internet address, the path of a Unix one."""
+    return tuple(local[:2]) if isinstance(local, tuple) else local
+
+
+def _serves(listening: Any, local: Any) -> bool:
+    """Whether a socket listening on ``listening`` accepted connections to ``local``:
+    the same port on the same host or on a wildcard host, or the same path."""
+    if isinstance(local, tuple):
+        if not isinstance(listening, tuple):
+            return False
+        host, port = listening
+        return bool(port == local[1] and (host == local[0] or host in _WILDCARDS))
+    return bool(local) and listening == local
 
 
 def _listener(local: Any) -> _Listener | None:
@@ -111,8 +123,8 @@ def _listener(local: Any) -> _Listener | None:
     return _listeners[key]
 
 
-def _find_listener(key: Any) -> _Listener | None:
-    """The socket of this process listening on ``key`` (a port, or a Unix path)."""
+def _find_listener(local: Any) -> _Listener | None:
+    """The socket of this process listening for connections to ``local``."""
     try:
         descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
@@ -126,8 +138,8 @@ def _find_listener(key: Any) -> _Listener | None:
             continue
         probe = socket.socket(fileno=fd)
         try:
-            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and (
-                _key(probe.getsockname()) == key
+            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and _serves(
+                _key(probe.getsockname()), local
             ):
                 return _Listener(fd, status.st_ino, probe.family, probe.type)
         except OSError:

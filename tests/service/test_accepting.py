@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+import uvicorn
+import uvloop
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.server import GuardedHttpToolsProtocol
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -92,3 +98,75 @@ async def test_a_busy_server_accepts_a_burst_of_connections_together(busy_server
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*busy), 10)
     assert max(waits) < 2.5, sorted(round(wait, 2) for wait in waits)
+
+
+def named(name: bytes) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": name})
+
+    return app
+
+
+def serve_both(
+    sockets: list[socket.socket], started: threading.Event, stop: threading.Event
+) -> None:
+    """Serve app "a" on the first socket and app "b" on the second, on uvloop."""
+
+    async def main() -> None:
+        servers = [
+            uvicorn.Server(
+                uvicorn.Config(
+                    named(name), lifespan="off", log_config=None, http=GuardedHttpToolsProtocol
+                )
+            )
+            for name in (b"a", b"b")
+        ]
+        tasks = [
+            asyncio.ensure_future(server.serve(sockets=[sock]))
+            for server, sock in zip(servers, sockets, strict=True)
+        ]
+        while not all(server.started for server in servers):
+            await asyncio.sleep(0.01)
+        started.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+
+    uvloop.run(main())
+
+
+async def test_connections_are_accepted_only_for_the_server_they_reached() -> None:
+    """Two servers in one process on the same port, on two loopback addresses: each
+    answers only the clients that connected to it, however many arrive at once."""
+    first = socket.socket()
+    first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    second = socket.socket()
+    second.bind(("127.0.0.2", port))
+    started, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=serve_both, args=([first, second], started, stop))
+    thread.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+
+        async def answer(host: str) -> bytes:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                return (await reader.read()).rpartition(b"\r\n\r\n")[2]
+            finally:
+                writer.close()
+
+        for _ in range(5):
+            hosts = ["127.0.0.1", "127.0.0.2"] * 32
+            answers = await asyncio.gather(*(answer(host) for host in hosts))
+            assert answers == [b"a" if host == "127.0.0.1" else b"b" for host in hosts]
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)
+        first.close()
+        second.close()
