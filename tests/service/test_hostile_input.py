@@ -12,6 +12,7 @@ need a socket run uvicorn in a thread (``log_config=None``, so its records reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -580,7 +581,10 @@ async def test_a_body_trickled_past_body_timeout_is_408_over_a_socket(
         try:
             status, headers, body = await read_response(reader)
             elapsed = time.monotonic() - started
-            assert await asyncio.wait_for(reader.read(), 5) == b"", "the server must close"
+            # Closed with the client's bytes still arriving, the connection may end in a
+            # reset rather than an end of stream: either way, it is closed.
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 5) == b"", "the server must close"
         finally:
             stop.set()
             await trickling
