@@ -59,7 +59,9 @@ def accept_waiting(
     """Accept up to :data:`MOST_AT_ONCE` connections waiting on the socket that
     ``transport`` was accepted from, each with a new ``protocol_factory()``."""
     local = transport.get_extra_info("sockname")
-    if not local:
+    if not local or socket.getdefaulttimeout() is not None:
+        # With a default timeout set, a socket object made around a descriptor would
+        # put that descriptor in non-blocking mode: not one of ours to change.
         return
     listener = _listener(local)
     if listener is None:
