@@ -66,10 +66,7 @@ def accept_waiting(
     listener = _listener(local)
     if listener is None:
         return
-    try:
-        if os.fstat(listener.fd).st_ino != listener.inode:
-            raise OSError("closed")
-    except OSError:
+    if not _still_listening(listener):
         _listeners.pop(_key(local), None)  # closed (the server is stopping): forget it
         return
     sock = socket.socket(listener.family, listener.type, fileno=listener.fd)
@@ -100,6 +97,14 @@ async def _adopt(
         logger.debug("a waiting connection could not be set up: %r", exc)
         with contextlib.suppress(OSError):
             accepted.close()
+
+
+def _still_listening(listener: _Listener) -> bool:
+    """Whether ``listener``'s descriptor is still that socket (not closed, nor reused)."""
+    try:
+        return os.fstat(listener.fd).st_ino == listener.inode
+    except OSError:
+        return False
 
 
 def _key(local: Any) -> Any:

@@ -52,6 +52,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from service.accepting import accept_waiting
 from service.api.reads import PREFIX, HitPath
+from service.cache.ready import header_lines
 from service.config import Settings
 from service.logs import RateLimitedLog
 
@@ -330,7 +331,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _send_unsent(self) -> None:
-        """Write the answers given from L1 since the last call, in one system call.
+        """Write the answers given from L1 since the last call, in one write.
 
         An answer is written once the event loop has called back every connection with
         data to read, rather than from that callback: writing between the reads cost a
@@ -469,8 +470,7 @@ def _server_lines(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         _starts = (now, headers, made)
     lines = made.get(status)
     if lines is None:
-        pairs = _dated(headers)
-        lines = made[status] = STATUS_LINE[status] + b"".join(b"%s: %s\r\n" % p for p in pairs)
+        lines = made[status] = STATUS_LINE[status] + header_lines(_dated(headers))
     return lines
 
 

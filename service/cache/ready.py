@@ -15,7 +15,7 @@ libraries) carries the same bytes, as RFC 9110 section 8.8.1 asks of a strong va
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from service.core.codings import compress, encoded_etag
@@ -29,6 +29,11 @@ _MAX_DATE_LENGTH: Final = 64
 """Longer than any HTTP date format: such an If-Modified-Since is ignored unparsed."""
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``headers`` as HTTP/1.1 header lines, each ending in CRLF."""
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
 
 
 class Representation:
@@ -76,8 +81,8 @@ class Representation:
         index = not_modified + (0 if settled else 2)
         made = self._lines[index]
         if made is None or made[0] is not tail:
-            lines = b"".join(b"%s: %s\r\n" % pair for pair in (*self._blocks[index], *tail))
-            made = self._lines[index] = (tail, lines + b"\r\n")
+            lines = header_lines((*self._blocks[index], *tail)) + b"\r\n"
+            made = self._lines[index] = (tail, lines)
         return made[1]
 
 
