@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import sys
 import threading
 import time
@@ -170,3 +171,40 @@ async def test_connections_are_accepted_only_for_the_server_they_reached() -> No
         await asyncio.to_thread(thread.join, 10)
         first.close()
         second.close()
+
+
+async def test_clients_that_reset_while_waiting_to_be_accepted_cost_nothing(
+    busy_server: int,
+) -> None:
+    """A burst of clients that connect and reset at once, while the server is busy:
+    those accepted together with others go away before they are set up, and the
+    server logs no ERROR (the fixture checks its output) and answers the next client."""
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", busy_server)
+        try:
+            while not stop.is_set():
+                await ask(reader, writer)
+        finally:
+            writer.close()
+
+    busy = [asyncio.ensure_future(keep_busy()) for _ in range(BUSY_CLIENTS)]
+    try:
+        await asyncio.sleep(0.3)
+        for _ in range(BURST):
+            sock = socket.socket()
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", busy_server))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, before the server has accepted it
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*busy), 10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", busy_server)
+    try:
+        await asyncio.wait_for(ask(reader, writer), 5)
+    finally:
+        writer.close()
