@@ -22,6 +22,7 @@ from service.api.caching import NoStoreByDefault, ReadHeaders
 from service.api.reads import HitPath
 from service.api.responses import Problem, answer_cancelled, handle_exception
 from service.api.state import State
+from service.api.writes import WritePath
 from service.config import Settings
 from service.core.compression import CompressionMiddleware, CompressionStats
 from service.errors import ServiceError
@@ -43,8 +44,9 @@ def create_app(
 ) -> Starlette:
     """The service as an ASGI app; ``settings`` default to :meth:`Settings.from_environ`.
 
-    ``hit_path=False`` sends every read through the framework: the reference that the
-    hit path (:class:`~service.api.reads.HitPath`) is tested against, byte for byte.
+    ``hit_path=False`` sends every read and write through the framework: the reference
+    that the hit path (:class:`~service.api.reads.HitPath`) and the write path
+    (:class:`~service.api.writes.WritePath`) are tested against, byte for byte.
     ``monitoring=False`` leaves the metrics layer out: the reference its cost is
     measured against. With OTEL_EXPORTER_OTLP_ENDPOINT set (or a started ``tracing``)
     every request is traced (:mod:`service.tracing`); the app's shutdown ends it.
@@ -103,7 +105,15 @@ def create_app(
                 monitor=monitor if monitoring else None,
             )
         )
-    # Inside the hit path, whose answers carry their policy already.
+        # Plain writes of one result, likewise (service.api.writes).
+        outer.append(
+            Middleware(
+                WritePath,
+                minimum_size=settings.compression_min_size,
+                monitor=monitor if monitoring else None,
+            )
+        )
+    # Inside the fast paths, whose answers carry their policy already.
     outer.append(Middleware(NoStoreByDefault))
     if monitoring:
         # The time includes compression, the status is what is sent.

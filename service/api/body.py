@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
+from starlette.types import Receive
 
 from service.api.responses import Problem, client_closed, quoted
 from service.core.validators import bounded_decimal
 
 
+def declares_json(content_type: str) -> bool:
+    """Whether a Content-Type value is ``application/json`` or ``application/*+json``."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
 def require_json(request: Request) -> None:
     """Refuse (415) a body that is not declared as JSON (``application/json`` or ``+json``)."""
     declared = request.headers.get("content-type", "")
-    media_type = declared.partition(";")[0].strip().lower()
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
+    if not declares_json(declared):
+        media_type = declared.partition(";")[0].strip().lower()
         shown = quoted(media_type) if media_type else "unlabelled"
         raise Problem(
             415,
@@ -43,7 +50,21 @@ async def read_limited(request: Request, limit: int, setting: str = "MAX_RESULT_
     read may take at most the ``body_timeout`` of the app's settings (when the request
     state has settings): then 408, with ``Connection: close``.
     """
+    settings = getattr(request.state, "settings", None)
+    timeout: float | None = getattr(settings, "body_timeout", None)
     declared = request.headers.get("content-length")
+    return await read_body(request.receive, declared, limit, timeout, setting)
+
+
+async def read_body(
+    receive: Receive,
+    declared: str | None,
+    limit: int,
+    seconds: float | None,
+    setting: str = "MAX_RESULT_BYTES",
+) -> bytes:
+    """:func:`read_limited` on the ASGI ``receive`` itself: ``declared`` is the request's
+    Content-Length, ``seconds`` how long the whole read may take (None: no bound)."""
     if declared is not None:
         # Any number of digits is a valid Content-Length: one past the limit is enough
         # to refuse it, and int() never sees more digits than the limit has.
@@ -52,21 +73,22 @@ async def read_limited(request: Request, limit: int, setting: str = "MAX_RESULT_
             raise Problem(400, "Content-Length is not a number", slug="bad-request")
         if size is None or size > limit:
             raise _too_large(limit, setting)
-    settings = getattr(request.state, "settings", None)
-    timeout: float | None = getattr(settings, "body_timeout", None)
     received = bytearray()
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                received += chunk
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise client_closed()  # http.disconnect: the client went away
+                received += message.get("body", b"")
                 if len(received) > limit:
                     raise _too_large(limit, setting)
-    except ClientDisconnect:
-        raise client_closed() from None
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise Problem(
             408,
-            f"the body did not arrive within {timeout:g} s (BODY_TIMEOUT)",
+            f"the body did not arrive within {seconds:g} s (BODY_TIMEOUT)",
             slug="request-timeout",
             headers={"Connection": "close"},
         ) from None

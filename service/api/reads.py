@@ -127,6 +127,18 @@ def _outcome(
     return False, settled
 
 
+def id_in_path(scope: Scope) -> str | None:
+    """What follows ``/results/`` in the request's path (under its root path), or None
+    for another path. Not validated: the caller checks the id when it needs to."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if root:
+        if not path.startswith(root + PREFIX):
+            return None
+        return path[len(root) + _PREFIX_LENGTH :]
+    return path[_PREFIX_LENGTH:] if path.startswith(PREFIX) else None
+
+
 class HitPath:
     """Pure ASGI, in front of everything: reads of ``/results/{id}`` answered from their
     ready representations (see the module docstring).
@@ -171,13 +183,8 @@ class HitPath:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return False
-        path: str = scope["path"]
-        root = scope.get("root_path")
-        if root:
-            if not path.startswith(root + PREFIX):
-                return False
-            path = path[len(root) :]
-        elif not path.startswith(PREFIX):
+        analysis_id = id_in_path(scope)
+        if analysis_id is None:
             return False
         started = perf_counter()
         state = scope.get("state")
@@ -187,7 +194,6 @@ class HitPath:
         request = ReadRequest(scope["headers"])
         if request.odd:
             return False
-        analysis_id = path[_PREFIX_LENGTH:]
         coding, ready, representation = self._lookup(results, request, analysis_id)
         monitor = self.monitor
         if monitor is not None:

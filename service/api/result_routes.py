@@ -12,8 +12,9 @@ from starlette.routing import Route
 from service.api.body import read_limited, require_json
 from service.api.conditions import parse_if_match, parse_if_none_match_for_write
 from service.api.reads import READ_MADE, ReadRequest, answer
-from service.api.responses import JSONResponse, Problem, RawResponse, quoted
+from service.api.responses import Problem, RawResponse, quoted
 from service.api.state import state_of
+from service.api.writes import WRITE_MADE, write
 from service.cache.ready import ReadyResult
 from service.core.validators import bounded_decimal
 from service.model import MAX_PAGE_SIZE, StoredResult, validate_analysis_id
@@ -68,23 +69,16 @@ async def _write(request: Request, analysis_id: str) -> Response:
     if_match = parse_if_match(request.headers.get("if-match"))
     create_only = parse_if_none_match_for_write(request.headers.get("if-none-match"))
     require_json(request)
-    state = state_of(request)
-    body = await read_limited(request, state["settings"].max_result_bytes)
-    outcome = await state["result_cache"].put(
-        analysis_id, body, if_match=if_match, if_none_match=create_only
-    )
-    meta = outcome.meta
-    # No Last-Modified: a version is not sent with one during the second it was written
-    # in (see ReadyResult.settled), and this answer is always in that second.
-    headers = {"ETag": meta.etag}
-    if outcome.created:
-        headers["Location"] = f"/results/{analysis_id}"
-    content = {
-        "analysis_id": analysis_id,
-        "version": meta.version,
-        "updated_at": meta.as_dict()["updated_at"],
-    }
-    return JSONResponse(content, 201 if outcome.created else 200, headers=headers)
+    made = request.scope.pop(WRITE_MADE, None)  # the write path wrote it already
+    if made is None:
+        state = state_of(request)
+        body = await read_limited(request, state["settings"].max_result_bytes)
+        made = await write(
+            state["result_cache"], analysis_id, body, if_match=if_match, create_only=create_only
+        )
+    if isinstance(made, Exception):
+        raise made
+    return RawResponse(*made)
 
 
 async def _delete(request: Request, analysis_id: str) -> Response:

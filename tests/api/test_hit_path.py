@@ -11,7 +11,6 @@ really answer the plain reads, and leave the odd ones alone.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gzip
 import itertools
@@ -21,16 +20,13 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from service.api.reads import HitPath
-from service.app import create_app
 from service.config import Settings
-from tests.helpers import forget_prefix, next_second, unique_prefix
-
-Headers = list[tuple[str, str]]
+from tests.helpers import next_second, unique_prefix
+from tests.support.asgi import Headers, Recorder, exchange, full_stack
 
 BIG = (
     b'{"rows": ['
@@ -61,48 +57,6 @@ ACCEPTS: list[str | None] = [
 ]
 
 
-class Recorder:
-    """The full stack behind the hit path, noting each request that reached it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await self.app(scope, receive, send)
-
-
-async def exchange(
-    app: ASGIApp, state: dict[str, Any], method: str, path: str, headers: Headers
-) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(copy.deepcopy(message))
-
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("latin-1", "replace"),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"service"), *((k.encode(), v.encode()) for k, v in headers)],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-        "state": dict(state),
-    }
-    await app(scope, receive, send)
-    return sent
-
-
 CACHE_SHAPES: dict[str, dict[str, Any]] = {
     "l1": {},
     "redis-only": {"l1_max_bytes": 0},
@@ -119,10 +73,8 @@ async def service(
     prefix = unique_prefix()
     shape: dict[str, Any] = {"redis_url": redis_url, **CACHE_SHAPES[request.param]}
     settings = Settings(database_url=pg_url, cache_prefix=prefix, l1_ttl=600, **shape)
-    app = create_app(settings, hit_path=False)
-    async with LifespanManager(app) as manager:
-        yield app, manager._state, settings
-    await forget_prefix(prefix)
+    async with full_stack(settings) as (app, state):
+        yield app, state, settings
 
 
 @pytest.fixture

@@ -238,6 +238,41 @@ async def test_l1_hits_are_timed_and_counted_in_the_routes_series(
     assert get(after, "requests_in_progress") == get(before, "requests_in_progress")
 
 
+@pytest.mark.parametrize("hit_path", [True, False], ids=["write-path", "full-stack"])
+async def test_writes_are_timed_and_counted_in_the_routes_series(
+    pg_url: str, hit_path: bool
+) -> None:
+    """Writes the write path answers, and those it hands to the route, land in the
+    route's series, one each."""
+    app = create_app(Settings(database_url=pg_url), hit_path=hit_path)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            rid = unique_id("writes")
+            before = await scrape(client)
+            statuses = [
+                (await client.put(f"/results/{rid}", json={"n": n})).status_code for n in range(3)
+            ]
+            statuses.append(
+                (
+                    await client.put(f"/results/{rid}", json={}, headers={"if-match": '"9"'})
+                ).status_code
+            )
+            statuses.append((await client.put(f"/results/{rid}", content=b"{}")).status_code)
+            after = await scrape(client)
+    assert statuses == [201, 200, 200, 412, 415]
+
+    def grown(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    labels = {"method": "PUT", "endpoint": RESULT_ENDPOINT}
+    assert grown("responses_total", **labels, status_class="2xx") == 3
+    assert grown("responses_total", **labels, status_class="4xx") == 2
+    assert grown("request_duration_seconds_count", **labels) == 5
+    assert get(after, "requests_in_progress") == get(before, "requests_in_progress")
+
+
 @pytest.mark.parametrize("with_redis", [False, True], ids=["memory", "redis"])
 async def test_hits_and_misses_move_exactly_the_counters_x_cache_names(
     pg_url: str, redis_url: str, with_redis: bool

@@ -45,6 +45,7 @@ from tests.helpers import (
     unique_id,
     unique_prefix,
 )
+from tests.support.asgi import request_scope
 
 JSON = {"content-type": "application/json"}
 IDENTITY = {"accept-encoding": "identity"}
@@ -61,20 +62,7 @@ RESULT_ENDPOINT = "/results/{analysis_id}"
 
 def put_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     """The ASGI scope of a PUT to ``path``, for tests that script the body's messages."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "PUT",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
+    return request_scope("PUT", path, headers)
 
 
 def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
