@@ -12,13 +12,14 @@ arrive cannot put an older version back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from binascii import crc_hqx
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -50,24 +51,41 @@ Notice = tuple[str, str]
 # (PUBLISH, or SPUBLISH on a cluster, where the channel shares the key's hash slot).
 # GETRANGE reads only the head of the stored value, never a whole document. The same
 # version may be written again (its content never changes): that is how a refresh
-# renews an entry's lifetime.
+# renews an entry's lifetime. Several writes go in one call, in order: six arguments
+# each (version, value, PX or 0, channel or '', message, PUBLISH or SPUBLISH).
 _SET_IF_NEWER = """
-local head = redis.call('GETRANGE', KEYS[1], 0, 24)
-local stored = tonumber(string.match(head, '^(%d+) '))
-local written = 0
-if stored == nil or stored == 0 or tonumber(ARGV[1]) >= stored then
-  if ARGV[3] == '0' then
-    redis.call('SET', KEYS[1], ARGV[2])
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local written = {}
+for i = 1, #KEYS do
+  local at = (i - 1) * 6
+  local head = redis.call('GETRANGE', KEYS[i], 0, 24)
+  local stored = tonumber(string.match(head, '^(%d+) '))
+  written[i] = 0
+  if stored == nil or stored == 0 or tonumber(ARGV[at + 1]) >= stored then
+    if ARGV[at + 3] == '0' then
+      redis.call('SET', KEYS[i], ARGV[at + 2])
+    else
+      redis.call('SET', KEYS[i], ARGV[at + 2], 'PX', ARGV[at + 3])
+    end
+    written[i] = 1
   end
-  written = 1
-end
-if ARGV[4] ~= '' then
-  redis.call(ARGV[6], ARGV[4], ARGV[5])
+  if ARGV[at + 4] ~= '' then
+    redis.call(ARGV[at + 6], ARGV[at + 4], ARGV[at + 5])
+  end
 end
 return written
 """
+MAX_BATCH = 64
+"""Compare-and-sets sent in one script call at most (see :meth:`RedisBackend.set_if_newer`)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Compare-and-sets made during one turn of the event loop, sent together."""
+
+    keys: list[str] = field(default_factory=list)
+    args: list[bytes | int | str] = field(default_factory=list)
+    waiting: list[asyncio.Future[bool | None]] = field(default_factory=list)
+    sent: bool = False
 
 
 class CacheBackend(Protocol):
@@ -266,6 +284,8 @@ class RedisBackend:
         password = self._cluster_url.password if self._cluster_url else None
         self._options = {**options, "password": password} if password else options
         self._set_if_newer = self.client.register_script(_SET_IF_NEWER)
+        self._batch: _Batch | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self.hiredis = uses_hiredis()
         if not self.hiredis:
             logger.warning("hiredis is not in use: Redis replies are parsed in pure Python")
@@ -330,6 +350,13 @@ class RedisBackend:
     ) -> bool | None:
         """Compare and set atomically (a Lua script), publishing ``notify`` with it.
 
+        The compare-and-sets made during one turn of the event loop go to Redis in one
+        script call (at most :data:`MAX_BATCH`; not on a cluster, whose keys live on
+        several masters). Database replies arrive in bursts, since a commit wakes every
+        backend that waited on the same WAL flush, and a burst of writes then costs one
+        round trip and one pass through redis-py instead of one each. Each write is
+        still its own compare-and-set, in the order they were made.
+
         With :attr:`replicas_to_wait_for`, ``WAIT`` follows in the same round trip; a
         write no replica confirmed within half the socket timeout returns None, as if
         Redis had not been reached: a failover could promote a replica without it.
@@ -345,18 +372,51 @@ class RedisBackend:
         args: list[bytes | int | str] = [
             version, value, _milliseconds(ttl) or 0, channel, message, publish
         ]  # fmt: skip
-        wait_for = self._replicas
         if self._cluster is not None:
-            return await self._cluster_set_if_newer(stored, args, wait_for)
-        if not wait_for:
-            return bool(await self._set_if_newer(keys=[stored], args=args))
-        async with self.client.pipeline(transaction=False) as pipe:
-            await self._set_if_newer(keys=[stored], args=args, client=pipe)
-            pipe.execute_command("WAIT", wait_for, self._wait_ms)
-            written, replicas = await pipe.execute()
-        if written and int(replicas) < wait_for:
-            return None
-        return bool(written)
+            return await self._cluster_set_if_newer(stored, args, self._replicas)
+        batch = self._batch
+        if batch is None or len(batch.waiting) >= MAX_BATCH:
+            batch = self._batch = _Batch()
+            asyncio.get_running_loop().call_soon(self._send_soon, batch)
+        batch.keys.append(stored)
+        batch.args += args
+        written: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        batch.waiting.append(written)
+        return await written
+
+    def _send_soon(self, batch: _Batch) -> None:
+        if self._batch is batch:
+            self._batch = None
+        if batch.sent:
+            return
+        batch.sent = True
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: _Batch) -> None:
+        """One script call for ``batch``; each caller gets its own outcome, or the error."""
+        try:
+            wait_for = self._replicas
+            if not wait_for:
+                replies = await self._set_if_newer(keys=batch.keys, args=batch.args)
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    await self._set_if_newer(keys=batch.keys, args=batch.args, client=pipe)
+                    pipe.execute_command("WAIT", wait_for, self._wait_ms)
+                    replies, replicas = await pipe.execute()
+                if int(replicas) < wait_for:
+                    replies = [None if written else 0 for written in replies]
+        except BaseException as exc:
+            for waiting in batch.waiting:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for waiting, written in zip(batch.waiting, replies, strict=True):
+            if not waiting.done():
+                waiting.set_result(None if written is None else bool(written))
 
     async def _cluster_set_if_newer(
         self, stored: str, args: list[bytes | int | str], wait_for: int | None
@@ -385,9 +445,10 @@ class RedisBackend:
             with contextlib.suppress(RedisError, OSError):
                 await self._cluster.nodes_manager.initialize()
             raise
-        if wait_for and replies[0] and int(replies[1]) < wait_for:
+        (written,) = replies[0]
+        if wait_for and written and int(replies[1]) < wait_for:
             return None
-        return bool(replies[0])
+        return bool(written)
 
     @property
     def _wait_ms(self) -> int:
@@ -498,6 +559,10 @@ class RedisBackend:
         return options
 
     async def aclose(self) -> None:
+        if self._batch is not None:
+            self._send_soon(self._batch)
+        if self._sending:  # writes already made: let them reach Redis (or fail)
+            await asyncio.gather(*self._sending, return_exceptions=True)
         await self.client.aclose()
         if self._cluster is None:
             await self._pool.disconnect()
