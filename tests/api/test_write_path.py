@@ -40,19 +40,30 @@ DECODE = {
 }
 
 
-def alike(messages: list[Message], analysis_id: str) -> list[Message]:
+def alike(messages: list[Message], analysis_id: str, *, exact: bool = True) -> list[Message]:
     """``messages`` with the id and the write's timestamp written as placeholders; an
-    encoded body decoded first (its bytes hold the id), its length set aside."""
+    encoded body decoded first (its bytes hold the id), its length set aside.
+
+    Not ``exact``: whether a body was encoded is set aside too (its Content-Encoding, its
+    tag's coding). Answers of a hundred bytes may or may not shrink when compressed,
+    and the twins' ids and timestamps differ: one twin's answer can shrink while the
+    other's does not, though both went through the same layer.
+    """
     marked: list[Message] = []
     coding = None
     for message in messages:
         if message["type"] == "http.response.start":
             coding = dict(message["headers"]).get(b"content-encoding")
+            headers = message["headers"]
             if coding is not None:
+                headers = [(k, b"<n>" if k == b"content-length" else v) for k, v in headers]
+            if not exact:
                 headers = [
-                    (k, b"<n>" if k == b"content-length" else v) for k, v in message["headers"]
+                    (k, re.sub(rb"-(zstd|br|gzip)\"$", b'"', v) if k == b"etag" else v)
+                    for k, v in headers
+                    if k not in (b"content-encoding", b"content-length")
                 ]
-                message = {**message, "headers": headers}
+            message = {**message, "headers": headers}
         elif coding is not None and message.get("body"):
             message = {**message, "body": DECODE[coding](message["body"])}
         text = orjson.dumps(message, default=lambda b: b.decode("latin-1")).decode()
@@ -164,7 +175,10 @@ async def test_the_write_path_sends_exactly_what_the_full_stack_sends(
                 full, state, "PUT", f"/results/{twins['full']}", headers, chunks
             )
             case = (start, headers, chunks)
-            assert alike(got, twins["fast"]) == alike(expected, twins["full"]), case
+            exact = fast.minimum_size > 0  # then no answer here is long enough to encode
+            assert alike(got, twins["fast"], exact=exact) == alike(
+                expected, twins["full"], exact=exact
+            ), case
             stored = [await results.get(rid) for rid in (twins["fast"], twins["full"])]
             assert [_kept(read.found) for read in stored] == [_kept(stored[1].found)] * 2, case
             compared += 1

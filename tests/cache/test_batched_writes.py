@@ -6,6 +6,7 @@ Against a private Redis, so that its command statistics count this test's calls 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,7 +23,7 @@ async def script_calls(backend: RedisBackend) -> int:
 
 
 @pytest.fixture
-async def redis() -> PrivateRedis:
+async def redis() -> AsyncIterator[PrivateRedis]:
     async with private_redis() as server:
         yield server
 
@@ -79,7 +80,7 @@ async def test_notices_go_with_their_writes(redis: PrivateRedis) -> None:
             ),
             backend.set_if_newer("quiet", b"1 one", 60),
         )
-        heard = []
+        heard: list[bytes] = []
         while len(heard) < 5:
             message = await pubsub.get_message(timeout=2)
             assert message is not None, heard
