@@ -49,6 +49,8 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 _VARY: Final = (b"vary", b"Accept-Encoding")
 _JSON: Final = (b"content-type", b"application/json")
+_READ: Final = frozenset((b"content-type", b"content-length", b"if-match", b"if-none-match"))
+"""The request headers a plain write is read from."""
 
 
 async def write(
@@ -118,7 +120,7 @@ class WritePath:
             return False
         state: Mapping[str, Any] | None = scope.get("state")
         results: ResultCache | None = state.get("result_cache") if state else None
-        if results is None or state is None:
+        if state is None or results is None:
             return False
         plain = _plain(scope["headers"])
         if plain is None:
@@ -185,6 +187,3 @@ def _plain(
     except Problem:
         return None
     return seen.get(b"content-length"), if_match, create_only
-
-
-_READ: Final = frozenset((b"content-type", b"content-length", b"if-match", b"if-none-match"))

@@ -70,16 +70,18 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Non
     await reader.readexactly(2)
 
 
+async def keep_busy(port: int, stop: asyncio.Event) -> None:
+    """One client asking the server on ``port`` again and again until ``stop``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while not stop.is_set():
+            await ask(reader, writer)
+    finally:
+        writer.close()
+
+
 async def test_a_busy_server_accepts_a_burst_of_connections_together(busy_server: int) -> None:
     stop = asyncio.Event()
-
-    async def keep_busy() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", busy_server)
-        try:
-            while not stop.is_set():
-                await ask(reader, writer)
-        finally:
-            writer.close()
 
     async def first_answer() -> float:
         started = time.monotonic()
@@ -90,7 +92,7 @@ async def test_a_busy_server_accepts_a_burst_of_connections_together(busy_server
         finally:
             writer.close()
 
-    busy = [asyncio.ensure_future(keep_busy()) for _ in range(BUSY_CLIENTS)]
+    busy = [asyncio.ensure_future(keep_busy(busy_server, stop)) for _ in range(BUSY_CLIENTS)]
     try:
         await asyncio.sleep(0.5)
         waits = await asyncio.wait_for(asyncio.gather(*(first_answer() for _ in range(BURST))), 30)
@@ -181,15 +183,7 @@ async def test_clients_that_reset_while_waiting_to_be_accepted_cost_nothing(
     server logs no ERROR (the fixture checks its output) and answers the next client."""
     stop = asyncio.Event()
 
-    async def keep_busy() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", busy_server)
-        try:
-            while not stop.is_set():
-                await ask(reader, writer)
-        finally:
-            writer.close()
-
-    busy = [asyncio.ensure_future(keep_busy()) for _ in range(BUSY_CLIENTS)]
+    busy = [asyncio.ensure_future(keep_busy(busy_server, stop)) for _ in range(BUSY_CLIENTS)]
     try:
         await asyncio.sleep(0.3)
         for _ in range(BURST):
