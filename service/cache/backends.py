@@ -407,12 +407,14 @@ class RedisBackend:
                     replies, replicas = await pipe.execute()
                 if int(replicas) < wait_for:
                     replies = [None if written else 0 for written in replies]
-        except BaseException as exc:
+        except asyncio.CancelledError:  # the loop is closing: so are the callers
+            for waiting in batch.waiting:
+                waiting.cancel()
+            raise
+        except Exception as exc:
             for waiting in batch.waiting:
                 if not waiting.done():
                     waiting.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         for waiting, written in zip(batch.waiting, replies, strict=True):
             if not waiting.done():
