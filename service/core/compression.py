@@ -37,8 +37,10 @@ What it promises, and the choices where HTTP leaves one open:
   application that makes its own representations (the service's results) compares the
   tags it really sends. When this layer encodes a response and the client's
   If-None-Match names the encoded tag (weak comparison), the client already holds
-  those bytes: it gets a 304 instead. Coding suffixes are taken off If-Match, so a
-  write conditional on any representation's tag reaches the application's own version.
+  those bytes: a GET or HEAD gets a 304 instead (a write's If-None-Match was its
+  precondition, not a question about the answer's bytes). Coding suffixes are taken
+  off If-Match, so a write conditional on any representation's tag reaches the
+  application's own version.
 * **Resources**: a stream's compressor is dropped when the response ends, fails, or the
   client goes away (the application is cancelled or raises); ``stats.streams_open``
   counts the ones alive.
@@ -166,6 +168,9 @@ class CompressionMiddleware:
             await self.app(scope, receive, send)
             return
         accept = if_none_match = None
+        # A 304 answers only a read (RFC 9110 section 13.1.2): a write's If-None-Match
+        # was its precondition, already met when the write was answered.
+        reads = scope["method"] in ("GET", "HEAD")
         transform = True
         if_match = False
         for name, value in scope["headers"]:
@@ -176,7 +181,7 @@ class CompressionMiddleware:
                 transform = False
             elif name == b"cache-control":
                 transform = transform and b"no-transform" not in value.lower()
-            elif name == b"if-none-match":
+            elif name == b"if-none-match" and reads:
                 text = value.decode("latin-1")
                 if_none_match = text if if_none_match is None else f"{if_none_match}, {text}"
             elif name == b"if-match":

@@ -129,6 +129,23 @@ async def test_the_encoded_tag_is_304_for_streams_and_head_too(method: str, app:
     assert middleware.stats.streams_open == 0
 
 
+async def created_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """A create-only write (If-None-Match: *) that succeeded: 201 with the new tag."""
+    await json_response(document(100), status=201, headers={"etag": CURRENT})(scope, receive, send)
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
+@pytest.mark.parametrize("tag", ["*", '"7-br"', 'W/"7-br"'])
+async def test_a_write_is_never_turned_into_a_304(method: str, tag: str) -> None:
+    """A write's If-None-Match was its precondition, met when the app answered: the
+    answer goes out encoded, as it is, though the tag names the encoded bytes."""
+    middleware = CompressionMiddleware(created_app)
+    sent = await call(middleware, "br", method=method, headers=[("if-none-match", tag)])
+    assert sent.status == 201
+    assert sent.header("etag") == '"7-br"'
+    assert decode("br", sent.body) == document(100)
+
+
 @pytest.mark.parametrize(
     ("accept", "etag"), [("gzip", '"7-gzip"'), ("identity", '"7"')], ids=["gzip", "identity"]
 )
