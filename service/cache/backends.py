@@ -263,7 +263,7 @@ class RedisBackend:
         }
         self._sentinel_url = redis_urls.parse(url) if redis_urls.is_sentinel_url(url) else None
         self._sentinel: Sentinel | None = None
-        self._cluster: RedisCluster | None = None
+        self._cluster: _Cluster | None = None
         self._cluster_url: redis_urls.ClusterURL | None = None
         self.client: Any
         if self._sentinel_url is not None:
@@ -565,8 +565,10 @@ class RedisBackend:
             self._send_soon(self._batch)
         if self._sending:  # writes already made: let them reach Redis (or fail)
             await asyncio.gather(*self._sending, return_exceptions=True)
-        await self.client.aclose()
-        if self._cluster is None:
+        if self._cluster is not None:
+            await self._cluster.shut()
+        else:
+            await self.client.aclose()
             await self._pool.disconnect()
         for client in self._node_clients.values():
             await client.aclose()
@@ -610,14 +612,33 @@ class _Cluster(RedisCluster):
     redirection makes redis-py close all its connections, those in use included, so a
     burst of first commands used to fail some of its own commands. ``initialize`` is a
     no-op once the map is known.
+
+    redis-py also initializes a client again on its next command after ``aclose``: a
+    command still in flight when the backend closed (a retry after its connection was
+    dropped by the close) opened new connections that nothing would close. Once
+    :meth:`shut` has run, a command that would initialize fails instead, as a command on
+    a closed single-node client does.
     """
+
+    _shut = False
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> _Cluster:
+        if self._shut and self._initialize:  # would (re)open connections
+            raise ConnectionError("the cache's Redis Cluster client is closed")
+        await super().initialize(*args, **kwargs)
+        return self
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         await self.initialize()
         return await super().execute_command(*args, **kwargs)
 
+    async def shut(self) -> None:
+        """Close every connection, for good."""
+        self._shut = True
+        await self.aclose()
 
-def _cluster_client(url: redis_urls.ClusterURL, options: dict[str, Any]) -> RedisCluster:
+
+def _cluster_client(url: redis_urls.ClusterURL, options: dict[str, Any]) -> _Cluster:
     """A cluster client from the URL's nodes. A command that fails on a connection is
     tried once more, after the client has learnt the cluster's shape again; then the
     cache fails open. Redirections after a slot moved are followed as always."""

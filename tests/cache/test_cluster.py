@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from service.cache.backends import BUCKETS, RedisBackend, bucket_tag
 from service.cache.local import LocalCache
@@ -176,8 +177,8 @@ async def test_a_write_through_one_replica_drops_the_other_s_l1_on_every_master(
                 await asyncio.sleep(0.001)
             delays.append(time.monotonic() - acked)
             assert (await b.get(analysis_id)).found.meta.version == 2  # type: ignore[union-attr]
-    channels = [bucket_tag(f"{prefix}:results:{i}") + a.channel for i in ids]
-    assert len(await masters_of(a.cache.backend, channels)) == 3  # type: ignore[arg-type]
+        channels = [bucket_tag(f"{prefix}:results:{i}") + a.channel for i in ids]
+        assert len(await masters_of(a.cache.backend, channels)) == 3  # type: ignore[arg-type]
     assert max(delays) < 1.0
 
 
@@ -282,6 +283,30 @@ async def test_the_cache_suite_passes_on_a_cluster() -> None:
     report = out.decode(errors="replace")
     assert process.returncode == 0, report[-6000:]
     assert " passed" in report.splitlines()[-1]
+
+
+async def test_a_closed_backend_never_opens_connections_again(cluster: PrivateCluster) -> None:
+    """redis-py initializes a closed cluster client again on its next command: reads
+    still in flight when the backend closed, and any made after, must fail instead
+    (the cache fails open on them) and leave no connection open behind the close."""
+    backend = RedisBackend(cluster.url, socket_timeout=0.5)
+    key = f"{unique_prefix()}:closed"
+    await backend.set(key, b"v", 60)
+    reads = [asyncio.ensure_future(backend.get(key)) for _ in range(50)]
+    await asyncio.sleep(0)
+    await backend.aclose()
+    outcomes = await asyncio.gather(*reads, return_exceptions=True)
+    assert all(o == b"v" or isinstance(o, RedisError) for o in outcomes), outcomes
+    with pytest.raises(RedisError):
+        await backend.get(key)
+    client = backend.client
+    assert isinstance(client, RedisCluster)
+    assert not [
+        c
+        for node in client.get_nodes()
+        for c in node._connections  # what redis-py's own leak warning looks at
+        if c.is_connected
+    ]
 
 
 async def test_every_client_of_a_password_protected_cluster_carries_its_password() -> None:
