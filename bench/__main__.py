@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 from bench import wrk
 from bench.app import CASHEWS_INSTALLED, DOCUMENT_ID
-from bench.cpu import cpu_seconds, wait_until_idle
+from bench.cpu import cpu_seconds, parent, wait_until_idle
 from bench.in_process import monitoring_cost
 from bench.report import Goal, Scenario, goal_table, ratio, scenario_table
 from service.config import Settings
@@ -149,6 +149,15 @@ async def seed(url: str, doc: dict[str, Any]) -> None:
             await store.put(f"bench-row-{n:05d}", {"n": n, "score": n / LIST_ROWS})
         for n in range(1, MISS_IDS + 1):
             await store.put(f"bench-miss-{n}", doc)
+
+
+async def postmaster(url: str) -> int:
+    """The process id of the PostgreSQL cluster's postmaster (a backend's parent)."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return parent(await conn.fetchval("SELECT pg_backend_pid()"))  # while it runs
+    finally:
+        await conn.close()
 
 
 async def settle_writes(url: str) -> None:
@@ -446,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         body = work / "document.json"
         body.write_bytes(orjson.dumps(doc))
         asyncio.run(seed(url, doc))
+        database = asyncio.run(postmaster(url))
         with (
             server(url, args.redis, prefix, free_port(), work / "server.log") as base,
             # uvicorn's own protocol, for the raw callable alone: a second process on the
@@ -535,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 if loads[key].method == "PUT":
                     asyncio.run(settle_writes(url))
                 before = cpu_seconds(SERVER_PIDS[target])
+                database_before = cpu_seconds(database)
                 result = wrk.run(
                     target, loads[key], seconds=seconds, connections=connections, script_dir=work
                 )
@@ -542,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
                 # a run at 1,024 connections left the server busy for a while after it.
                 wait_until_idle(SERVER_PIDS[target])
                 used = cpu_seconds(SERVER_PIDS[target]) - before
+                database_used = cpu_seconds(database) - database_before
                 if result.requests:
                     result.server_cpu_us = used / result.requests * 1e6
+                    result.database_cpu_us = database_used / result.requests * 1e6
                 return result
 
             rows = [key for key in loads if key != "saturation"]

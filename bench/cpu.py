@@ -21,6 +21,11 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def parent(pid: int) -> int:
+    """The parent of ``pid`` (a PostgreSQL backend's is the postmaster)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -44,6 +44,11 @@ class Scenario:
         values = [r.server_cpu_us for r in self.runs if r.server_cpu_us is not None]
         return statistics.median(values) if values else None
 
+    def database_cpu_us(self) -> float | None:
+        """Median PostgreSQL CPU per response (µs), over the runs that measured it."""
+        values = [r.database_cpu_us for r in self.runs if r.database_cpu_us is not None]
+        return statistics.median(values) if values else None
+
 
 @dataclass(frozen=True, slots=True)
 class Goal:
@@ -90,12 +95,12 @@ def _us(value: float | None) -> str:
 def scenario_table(scenarios: dict[str, Scenario]) -> str:
     lines = [
         "| scenario | req/s (median) | spread (min-max) | p50 ms | p99 ms | server CPU µs/req | "
-        "ratio | responses by status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "PostgreSQL CPU µs/req | ratio | responses by status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in scenarios.values():
         if not s.built or not s.runs:
-            lines.append(f"| {s.title} | {NOT_BUILT} | | | | | | {s.note} |")
+            lines.append(f"| {s.title} | {NOT_BUILT} | | | | | | | {s.note} |")
             continue
         rates = [r.requests_per_second for r in s.runs]
         r = ratio(scenarios, s.key, s.reference) if s.reference else None
@@ -108,7 +113,7 @@ def scenario_table(scenarios: dict[str, Scenario]) -> str:
         lines.append(
             f"| {s.title} | {s.rps():,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
             f"{_ms(s.latency('p50_ms'))} | {_ms(s.latency('p99_ms'))} | {_us(s.server_cpu_us())} | "
-            f"{against} | {statuses} |"
+            f"{_us(s.database_cpu_us())} | {against} | {statuses} |"
         )
     return "\n".join(lines)
 

@@ -87,6 +87,9 @@ class WrkResult:
     """The server process's CPU (user and system) per response, in µs, when measured:
     steadier than req/s for small differences, since the other processes sharing the
     machine (wrk, PostgreSQL, Redis) do not enter it."""
+    database_cpu_us: float | None = None
+    """The same for the PostgreSQL cluster (the postmaster and every process it forked:
+    backends, WAL writer, checkpointer, autovacuum)."""
 
     @property
     def unexpected(self) -> dict[int, int]:

@@ -76,6 +76,8 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
             assert float(rate) > 0, row
             cpu = row.split(" | ")[5].replace(",", "")  # server CPU µs per response
             assert float(cpu) > 0, row
+            database = float(row.split(" | ")[6].replace(",", ""))  # PostgreSQL's, the same
+            assert database > 0 if "put" in scenario.key else database >= 0, row
             status = 304 if scenario.key == "hot_304" else 200
             assert re.search(rf"{status}: [\d,]+", row), row
             if scenario.reference is not None and scenarios()[scenario.reference].built:
