@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 from bench import wrk
 from bench.app import CASHEWS_INSTALLED, DOCUMENT_ID
-from bench.cpu import cpu_seconds, parent, wait_until_idle
+from bench.cpu import cpu_seconds, postmaster_of, wait_until_idle
 from bench.in_process import monitoring_cost
 from bench.report import Goal, Scenario, goal_table, ratio, scenario_table
 from service.config import Settings
@@ -151,11 +151,13 @@ async def seed(url: str, doc: dict[str, Any]) -> None:
             await store.put(f"bench-miss-{n}", doc)
 
 
-async def postmaster(url: str) -> int:
-    """The process id of the PostgreSQL cluster's postmaster (a backend's parent)."""
+async def postmaster(url: str) -> int | None:
+    """The process id of the PostgreSQL cluster's postmaster (a backend's parent), or
+    None when the cluster runs on another machine (or in a container of its own)."""
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        return parent(await conn.fetchval("SELECT pg_backend_pid()"))  # while it runs
+        backend: int = await conn.fetchval("SELECT pg_backend_pid()")
+        return await asyncio.to_thread(postmaster_of, backend)  # while the backend runs
     finally:
         await conn.close()
 
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                 if loads[key].method == "PUT":
                     asyncio.run(settle_writes(url))
                 before = cpu_seconds(SERVER_PIDS[target])
-                database_before = cpu_seconds(database)
+                database_before = cpu_seconds(database) if database else 0.0
                 result = wrk.run(
                     target, loads[key], seconds=seconds, connections=connections, script_dir=work
                 )
@@ -553,10 +555,11 @@ def main(argv: list[str] | None = None) -> int:
                 # a run at 1,024 connections left the server busy for a while after it.
                 wait_until_idle(SERVER_PIDS[target])
                 used = cpu_seconds(SERVER_PIDS[target]) - before
-                database_used = cpu_seconds(database) - database_before
+                database_used = cpu_seconds(database) - database_before if database else None
                 if result.requests:
                     result.server_cpu_us = used / result.requests * 1e6
-                    result.database_cpu_us = database_used / result.requests * 1e6
+                    if database_used is not None:
+                        result.database_cpu_us = database_used / result.requests * 1e6
                 return result
 
             rows = [key for key in loads if key != "saturation"]

@@ -21,9 +21,16 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def parent(pid: int) -> int:
-    """The parent of ``pid`` (a PostgreSQL backend's is the postmaster)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+def postmaster_of(backend: int) -> int | None:
+    """The parent of the PostgreSQL backend ``backend`` (the postmaster), or None when
+    no PostgreSQL process of that number runs here (the cluster is on another machine,
+    or in a container of its own)."""
+    try:
+        if Path(f"/proc/{backend}/comm").read_text().strip() != "postgres":
+            return None
+        return int(Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()[1])
+    except OSError:
+        return None
 
 
 def children(pid: int) -> list[int]:
