@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import struct
 import time
@@ -114,6 +115,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_head = True
         """A head has begun (or the connection is new) and has not ended: it is timed."""
         self._head_deadline = 0.0
+        self._spared = False
+        """Whether the current wait was extended once for bytes not read yet."""
         self._head_timer: asyncio.TimerHandle | None = None
         """At most one per connection, left armed from request to request (arming and
         cancelling one per request cost more than the rest of the limits together):
@@ -356,6 +359,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _wait(self, seconds: float) -> None:
         """Drop the connection unless a head (begun, or not yet) ends within ``seconds``."""
         self._awaiting_head = True
+        self._spared = False
         now = self.loop.time()
         self._head_deadline = now + seconds
         if self._head_timer is None:
@@ -382,7 +386,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_at(wake, self._head_too_slow)
             return
         if self._received == 0 and (self.cycle is None or self.cycle.response_complete):
-            # No request has begun since the last answer: no one is waiting for one.
+            # No request has begun since the last answer: no one is waiting for one,
+            # unless it already sits unread in the socket. uvloop runs due timers
+            # before it reads: a loop that was busy when the wait ended would reset a
+            # request the client sent in time. It is read next, so wait one tick more.
+            if not self._spared and _unread(self.transport):
+                self._spared = True
+                self._head_timer = self.loop.call_at(now + self._tick(), self._head_too_slow)
+                return
             self.transport.close()
             return
         self._refuse(
@@ -514,3 +525,17 @@ def _reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _unread(transport: asyncio.BaseTransport) -> bool:
+    """Whether bytes (or the client's close) wait unread in the connection's socket: a
+    poll that does not wait (any descriptor number, unlike select)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False

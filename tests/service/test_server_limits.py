@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import orjson
 import pytest
+import uvloop
 from starlette.types import Receive, Scope, Send
 
 from service.server import GuardedHttpToolsProtocol
@@ -226,6 +227,61 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
         assert KEEP_ALIVE - 0.5 < time.monotonic() - answered < KEEP_ALIVE + 1.5
     finally:
         writer.close()
+
+
+def test_a_request_sent_in_time_to_a_busy_server_is_answered_not_reset() -> None:
+    """A request that reached the socket before the keep-alive wait ended, while the
+    event loop was busy, is answered. uvloop runs due timers before it reads sockets:
+    the wait's timer used to close the connection first, and the client, whose request
+    was in time, got a reset instead of an answer."""
+
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    async def busy_reading(client: socket.socket) -> None:
+        """Send the next request, then keep the loop busy past the wait's end, in a
+        callback of its reading phase (as a server busy answering others is): uvloop
+        runs its due timers next, before it reads the server's socket again."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        wake, ring = socket.socketpair()
+
+        def busy() -> None:
+            loop.remove_reader(wake.fileno())
+            client.sendall(HEALTHZ)  # in the server's socket, not read yet
+            time.sleep(0.5)
+            done.set_result(None)
+
+        with wake, ring:
+            loop.add_reader(wake.fileno(), busy)
+            ring.send(b"!")
+            await done
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        async with serving(ok, http=GuardedHttpToolsProtocol, timeout_keep_alive=0.3) as url:
+            port = int(url.rsplit(":", 1)[1])
+            answers: list[bytes] = []
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.setblocking(False)
+                for _ in range(2):
+                    await loop.sock_sendall(client, HEALTHZ)
+                    await asyncio.sleep(0.1)  # answered, then the keep-alive wait begins
+                    await busy_reading(client)
+                    answer = b""
+                    async with asyncio.timeout(5):
+                        while answer.count(b"HTTP/1.1 204") < 2:
+                            read = await loop.sock_recv(client, 4096)
+                            if not read:
+                                break  # closed (or reset: sock_recv raises)
+                            answer += read
+                    answers.append(answer)
+            return answers
+
+    for answer in uvloop.run(scenario()):
+        assert answer.count(b"HTTP/1.1 204") == 2, answer
 
 
 async def test_a_head_begun_on_an_idle_connection_has_the_head_timeout(
