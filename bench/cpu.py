@@ -12,12 +12,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU of ``pid`` and its children (uvicorn's workers), so far."""
+    """User and system CPU of ``pid`` and its children (uvicorn's workers, PostgreSQL's
+    backends), so far: the live ones', and the ended ones' that ``pid`` has reaped (a
+    backend closed during a run takes its CPU along otherwise)."""
     total = 0.0
     for candidate in [pid, *children(pid)]:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{candidate}/stat").read_text().rpartition(")")[2].split()
             total += (int(fields[11]) + int(fields[12])) / TICKS
+            if candidate == pid:
+                total += (int(fields[13]) + int(fields[14])) / TICKS
     return total
 
 
