@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -100,6 +101,11 @@ class CacheManager:
         self.default_ttl = None if default_ttl is None else _checked_ttl(default_ttl)
         self.breaker = breaker or CircuitBreaker()
         self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._asking: dict[str, int] = {}
+        """Per key: the get_or_set callers whose read of the cache is under way."""
+        self._landed: dict[str, tuple[float, asyncio.Future[Any]]] = {}
+        """Per key: the last load that ended while callers were reading (kept until
+        they have all decided), and when it ended."""
         self._errors_log = RateLimitedLog(logger, interval=1.0)
         self._hits = self._misses = self._errors = self._skipped = 0
         self._closed = False
@@ -184,16 +190,29 @@ class CacheManager:
         Concurrent callers that miss on the same key share one ``loader()`` call in this
         process (single flight). A loader error reaches every waiter and caches nothing;
         a None result is returned but not cached.
+
+        A caller whose read began before a load of its key ended, but whose miss came
+        back after (a slow cache), takes that load's value: its read overlapped the
+        load's write, and starting a second load there would call ``loader`` twice.
         """
-        cached = await self.get(key, namespace)
+        full = self.full_key(key, namespace)
+        asked = time.monotonic()
+        self._asking[full] = self._asking.get(full, 0) + 1
+        try:
+            cached = await self.get(key, namespace)
+        finally:
+            landed = self._done_asking(full)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        full = self.full_key(key, namespace)
+        if landed is not None and landed[0] >= asked:
+            done = landed[1]
+            if not done.cancelled() and done.exception() is None:
+                return done.result()  # type: ignore[no-any-return]
         flight = self._flights.get(full)
         if flight is None:
             flight = asyncio.ensure_future(self._load(key, loader, namespace, ttl))
             self._flights[full] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(full, None))
+            flight.add_done_callback(lambda done: self._land(full, done))
         # Shielded: one waiter giving up must not cancel the load the others wait for.
         return await asyncio.shield(flight)
 
@@ -285,6 +304,23 @@ class CacheManager:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def _done_asking(self, full: str) -> tuple[float, asyncio.Future[Any]] | None:
+        """One caller's read of ``full`` is over: the load that landed meanwhile, if any
+        (forgotten once no caller is reading)."""
+        landed = self._landed.get(full)
+        left = self._asking[full] - 1
+        if left:
+            self._asking[full] = left
+        else:
+            del self._asking[full]
+            self._landed.pop(full, None)
+        return landed
+
+    def _land(self, full: str, flight: asyncio.Future[Any]) -> None:
+        self._flights.pop(full, None)
+        if full in self._asking:  # callers whose reads may miss what it just wrote
+            self._landed[full] = (time.monotonic(), flight)
 
     async def _load(
         self,

@@ -318,3 +318,40 @@ async def test_a_connection_lost_under_redis_py_is_an_outage_a_bug_of_ours_is_no
     with pytest.raises(AttributeError, match="a bug of ours"):
         await manager.get("k")
     assert not lost_connection(AttributeError("a bug of ours"))
+
+
+class _FirstReadLate(MemoryBackend):
+    """The in-process backend, whose first read is answered late (a slow Redis reply):
+    it reads the entry at once and hands it back 0.2 s later."""
+
+    late = True
+
+    async def get(self, key: str) -> bytes | None:
+        found = await super().get(key)
+        if self.late:
+            self.late = False
+            await asyncio.sleep(0.2)
+        return found
+
+
+async def test_a_miss_answered_after_the_load_ended_takes_the_load_s_value() -> None:
+    """A caller whose read began before its key's load ended, and whose miss came back
+    after, shares that load: the loader runs once (CI saw it run twice on a slow
+    cluster)."""
+    cache = CacheManager(_FirstReadLate(1 << 20), prefix="late")
+    calls = 0
+
+    async def loader() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return {"loaded": calls}
+
+    late = asyncio.ensure_future(cache.get_or_set("k", loader))
+    await asyncio.sleep(0)  # its read has begun (and will miss)
+    assert await cache.get_or_set("k", loader) == {"loaded": 1}
+    assert await late == {"loaded": 1}
+    assert calls == 1
+    assert not cache._asking  # nothing kept once every caller has decided
+    assert not cache._landed
+    await cache.aclose()
