@@ -107,22 +107,28 @@ async def test_get_many_set_many_and_delete(cache: CacheManager) -> None:
     assert await cache.get("x", namespace="m") is None
 
 
-async def test_get_or_set_loads_once_for_concurrent_misses(cache: CacheManager) -> None:
-    calls = 0
+class SlowLoader:
+    """A loader that takes 0.05 s and counts its calls; each result names its call."""
 
-    async def loader() -> dict[str, int]:
-        nonlocal calls
-        calls += 1
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> dict[str, int]:
+        self.calls += 1
         await asyncio.sleep(0.05)
-        return {"loaded": calls}
+        return {"loaded": self.calls}
+
+
+async def test_get_or_set_loads_once_for_concurrent_misses(cache: CacheManager) -> None:
+    loader = SlowLoader()
 
     results = await asyncio.gather(
         *(cache.get_or_set("cold", loader, namespace="sf") for _ in range(200))
     )
-    assert calls == 1
+    assert loader.calls == 1
     assert results == [{"loaded": 1}] * 200
     assert await cache.get_or_set("cold", loader, namespace="sf") == {"loaded": 1}
-    assert calls == 1
+    assert loader.calls == 1
 
 
 async def test_get_or_set_shares_a_loader_error_and_caches_nothing(cache: CacheManager) -> None:
@@ -339,19 +345,13 @@ async def test_a_miss_answered_after_the_load_ended_takes_the_load_s_value() -> 
     after, shares that load: the loader runs once (CI saw it run twice on a slow
     cluster)."""
     cache = CacheManager(_FirstReadLate(1 << 20), prefix="late")
-    calls = 0
-
-    async def loader() -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return {"loaded": calls}
+    loader = SlowLoader()
 
     late = asyncio.ensure_future(cache.get_or_set("k", loader))
     await asyncio.sleep(0)  # its read has begun (and will miss)
     assert await cache.get_or_set("k", loader) == {"loaded": 1}
     assert await late == {"loaded": 1}
-    assert calls == 1
+    assert loader.calls == 1
     assert not cache._asking  # nothing kept once every caller has decided
     assert not cache._landed
     await cache.aclose()
