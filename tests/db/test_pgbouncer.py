@@ -204,28 +204,39 @@ NO_DATABASE = [
     "tests/cache/test_batched_writes.py",
     "tests/cache/test_cache_breaker.py",
     "tests/cache/test_cache_faults.py",
+    "tests/cache/test_cache_manager.py",
+    "tests/cache/test_local_cache.py",
     "tests/cache/test_cluster.py",
 ]
-"""Cache modules left out of the run through PgBouncer: the first three reach no
+"""Cache modules left out of the run through PgBouncer: the first five reach no
 database; the cluster's tests use one only to fill a cache, and they run the cache
 suite again on a cluster of their own, which made the run here twice as long."""
+
+LONG_ONLY = [
+    "tests/cache/test_cache_lifetime.py",
+    "tests/cache/test_result_cache_faults.py",
+]
+"""Cache modules run through PgBouncer only with ``--long``: they stop Redis and wait
+out TTLs, a third of the cache suite's time, while their database calls are the
+result store's reads and writes that the other modules make through PgBouncer too."""
 
 
 @pytest.mark.deadline(900)  # three suites again; the run has its own 780 s limit
 async def test_the_api_cache_and_optimizer_suites_pass_through_pgbouncer(
-    pg_admin_url: str,
+    pg_admin_url: str, request: pytest.FixtureRequest
 ) -> None:
     """tests/api, tests/cache and tests/db again, every service URL on the test server
     going through PgBouncer (``TEST_PGBOUNCER_PORT``, see ``tests.helpers.service_url``),
-    but for the tests marked ``one_session`` and the cache modules that reach no
-    database (NO_DATABASE)."""
+    but for the tests marked ``one_session``, the cache modules that reach no database
+    (NO_DATABASE) and, without ``--long``, LONG_ONLY."""
+    left_out = NO_DATABASE if request.config.getoption("--long") else NO_DATABASE + LONG_ONLY
     if os.environ.get("TEST_PGBOUNCER_PORT"):
         pytest.fail("already running through PgBouncer: this module must be left out")
     async with private_pgbouncer(pg_admin_url, pool_size=4) as running:
         env = {**os.environ, "TEST_PGBOUNCER_PORT": str(running.port)}
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
         argv += ["-m", "not one_session", "--ignore", str(Path(__file__))]
-        argv += [f"--ignore={module}" for module in NO_DATABASE]
+        argv += [f"--ignore={module}" for module in left_out]
         argv += ["tests/api", "tests/cache", "tests/db"]
         process = await asyncio.create_subprocess_exec(
             *argv,
