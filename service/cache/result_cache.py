@@ -258,7 +258,8 @@ class ResultCache:
         self._notes_log = RateLimitedLog(logger, interval=5.0)
         self._listener: InvalidationListener | None = None
         backend = self.cache.backend
-        self._shared_can_fail = isinstance(backend, RedisBackend)
+        self._redis_behind = isinstance(backend, RedisBackend)
+        """The shared tier is Redis: other processes share it, and it can fail."""
         self._shared_holds = not (isinstance(backend, MemoryBackend) and backend.max_bytes == 0)
         """False when the shared tier can hold nothing (in process, of size 0: the service
         with its cache turned off). Reads then skip it, and no entry is compressed or
@@ -280,7 +281,7 @@ class ResultCache:
 
         Until the notes have been read once, reads do not trust Redis.
         """
-        if self.store is not None and self._shared_can_fail and self._follow is None:
+        if self.store is not None and self._redis_behind and self._follow is None:
             self._notes_unknown = True
             await self._read_notes()
             self._follow = asyncio.ensure_future(self._follow_notes())
@@ -597,8 +598,11 @@ class ResultCache:
         return f"{self._sender} {what}"
 
     def _notice_for(self, analysis_id: str) -> Notice | None:
-        """The pub/sub notice of a write, when other replicas keep an L1 to drop."""
-        return (self.channel, self._notice(analysis_id)) if self._listener else None
+        """The pub/sub notice of a write, whenever the shared tier is shared with other
+        processes: their L1 must drop the id even when this one keeps no L1 (a job
+        that only writes, or a replica run without L1, beside replicas that serve
+        reads from theirs). It rides in the write's own script call."""
+        return (self.channel, self._notice(analysis_id)) if self._redis_behind else None
 
     def _on_notice(self, message: str) -> None:
         sender, _, what = message.partition(" ")

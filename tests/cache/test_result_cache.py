@@ -289,6 +289,38 @@ async def test_a_write_on_one_replica_reaches_the_other_within_milliseconds(
     assert delays[-1] < 1.0
 
 
+async def test_a_writer_without_l1_still_drops_the_l1_of_replicas_that_keep_one(
+    pg_store: ResultStore, redis_url: str
+) -> None:
+    """A process that only writes (an SDK user's job, or a replica run with
+    ``L1_MAX_BYTES=0``) keeps no L1 of its own, but the replicas that serve reads do:
+    its acknowledged write must reach them at once, not after their L1_TTL."""
+    prefix = unique_prefix()
+    rid = unique_id("writer")
+    writer = ResultCache(CacheManager(RedisBackend(redis_url), prefix=prefix), pg_store)
+    reader = ResultCache(
+        CacheManager(RedisBackend(redis_url), prefix=prefix),
+        pg_store,
+        l1=LocalCache(8 << 20),
+        l1_ttl=60,
+    )
+    try:
+        async with writer, reader:
+            assert writer.listener is None, "a writer without L1 has nothing to drop"
+            await writer.put(rid, {"n": 1})
+            assert (await reader.get(rid)).source != "l1"
+            assert (await reader.get(rid)).source == "l1", "the reader's L1 holds version 1"
+            await writer.put(rid, {"n": 2})
+            started = time.perf_counter()
+            while (await reader.get(rid)).found.meta.version != 2:  # type: ignore[union-attr]
+                assert time.perf_counter() - started < 1.0, "the reader kept version 1"
+                await asyncio.sleep(0.001)
+    finally:
+        await writer.cache.aclose()
+        await reader.cache.aclose()
+        await forget_prefix(prefix)
+
+
 async def test_the_api_says_hit_or_miss(
     make_client: ClientFactory, pg_url: str, redis_url: str
 ) -> None:
