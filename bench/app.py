@@ -20,7 +20,7 @@ A tiny path dispatcher (no framework in the way) sends
 * ``/engine/{id}``    to ResultStore.get on the service's ConnectionPool, in the same bare
                       endpoint, so engine vs raw compares the database layers only;
 * ``/engine-default/{id}`` the same on a second pool with the default sizes (20 + 10
-                      overflow), to show what overflow connections cost under load;
+                      overflow), to show what a pool smaller than the load costs;
 * ``/bench/queries``  to the number of SQL statements the service has run so far;
 * ``/bench/levels``   to the compression levels the service was configured with;
 * ``/redis-only/...``, ``/miss/...``, ``/no-cache/...`` to the service's routes with a

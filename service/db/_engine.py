@@ -15,6 +15,11 @@ from sqlalchemy import event, util
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.util import queue as sqla_queue
+
+OVERFLOW_LINGER = 60.0
+"""Seconds of lighter load after which connections opened beyond ``pool_size`` close."""
 
 # SQLAlchemy 2.1 renamed await_only to await_; accept either. Inside the greenlet that
 # runs pooled operations, it waits for a coroutine of the driver itself.
@@ -28,6 +33,7 @@ def create_engine(
     statement_timeout: float,
     application_name: str,
     transaction_pooler: bool = False,
+    overflow_linger: float = OVERFLOW_LINGER,
     **pool: Any,
 ) -> AsyncEngine:
     """The AsyncEngine for ``url``, autocommit by default.
@@ -40,6 +46,7 @@ def create_engine(
     before one Sync), and ``statement_timeout``, which PgBouncer refuses as a startup
     parameter, is enforced by asyncpg: a statement that runs longer is cancelled with a
     cancel request, which PgBouncer forwards to the server connection running it.
+    On PostgreSQL the pool is a :class:`LingeringQueuePool` (``overflow_linger``).
     """
     connect_args: dict[str, Any]
     if url.get_backend_name() == "sqlite":
@@ -57,12 +64,96 @@ def create_engine(
                 connect_args["command_timeout"] = statement_timeout
         elif statement_timeout:
             server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        pool.update(poolclass=LingeringQueuePool, overflow_linger=overflow_linger)
     engine = create_async_engine(
         url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
     )
     if url.get_backend_name() == "sqlite":
         _use_explicit_sqlite_transactions(engine)
     return engine
+
+
+class LingeringQueuePool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio queue pool, except that a connection opened beyond
+    ``pool_size`` stays open while the load that needed it lasts.
+
+    The stock pool closes such an overflow connection as soon as it comes back to a pool
+    that already holds ``pool_size`` idle ones. PostgreSQL's replies arrive in bursts (one
+    WAL flush wakes every backend that waited on it), so under a load just above
+    ``pool_size`` the pool fills and empties many times a second, closing overflow
+    connections and opening new ones each time: a server process forked, an
+    authentication and the driver's set-up for a share of the requests. Here up to
+    ``pool_size + max_overflow`` connections wait in the pool, and every
+    ``overflow_linger`` seconds those that the busiest moment of that span did not need
+    are closed, down to ``pool_size``. The limit on open connections is unchanged.
+    """
+
+    def __init__(
+        self,
+        creator: Any,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        overflow_linger: float = OVERFLOW_LINGER,
+        **kw: Any,
+    ) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+        self._kept = pool_size
+        self._linger = overflow_linger
+        room = pool_size + max(max_overflow, 0)
+        self._pool = self._queue_class(room, use_lifo=self._pool.use_lifo)
+        self._span_started = time.monotonic()
+        self._busiest = 0
+        """Most connections checked out at once since the span started."""
+
+    def size(self) -> int:
+        return self._kept
+
+    def overflow(self) -> int:
+        return self._overflow
+
+    def checkedout(self) -> int:
+        return self._kept - self._pool.qsize() + self._overflow
+
+    def recreate(self) -> LingeringQueuePool:
+        # QueuePool.recreate, but sized by pool_size rather than by the queue's room.
+        self.logger.info("Pool recreating")
+        return self.__class__(
+            self._creator,
+            pool_size=self._kept,
+            max_overflow=self._max_overflow,
+            overflow_linger=self._linger,
+            pre_ping=self._pre_ping,
+            use_lifo=self._pool.use_lifo,
+            timeout=self._timeout,
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+        )
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        record = super()._do_get()
+        self._busiest = max(self._busiest, self.checkedout())
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        super()._do_return_conn(record)
+        now = time.monotonic()
+        if now - self._span_started < self._linger:
+            return
+        surplus = self._kept + self._overflow - max(self._kept, self._busiest)
+        self._span_started, self._busiest = now, self.checkedout()
+        for _ in range(surplus):
+            try:
+                idle = self._pool.get(False)
+            except sqla_queue.Empty:
+                return
+            try:
+                idle.close()
+            finally:
+                self._dec_overflow()
 
 
 def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:

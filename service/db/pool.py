@@ -35,7 +35,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from service import defaults
-from service.db._engine import check_liveness_on_checkout, create_engine
+from service.db._engine import OVERFLOW_LINGER, check_liveness_on_checkout, create_engine
 from service.db.pgbouncer import split_pooler
 from service.errors import ClosedError, DatabaseUnavailable, InvalidArgument, PoolExhausted
 
@@ -89,6 +89,11 @@ class ConnectionPool:
     ``connection()`` gives an autocommit connection: each statement commits by itself and
     no BEGIN/ROLLBACK round trips are paid, which is what single-statement reads and
     upserts want. ``transaction()`` gives one that commits when the block ends.
+
+    At most ``pool_size + max_overflow`` connections are open. Those beyond
+    ``pool_size`` stay open while the load that opened them lasts, and close once
+    ``overflow_linger`` seconds went by without needing them (see
+    :class:`service.db._engine.LingeringQueuePool`).
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class ConnectionPool:
         pool_recycle: int = defaults.DB_POOL_RECYCLE,
         pre_ping: bool = defaults.DB_POOL_PRE_PING,
         ping_idle_after: float = 1.0,
+        overflow_linger: float = OVERFLOW_LINGER,
         connect_timeout: float = defaults.DB_CONNECT_TIMEOUT,
         statement_timeout: float = defaults.DB_STATEMENT_TIMEOUT,
         application_name: str = "service",
@@ -120,6 +126,7 @@ class ConnectionPool:
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
             application_name=application_name,
+            overflow_linger=overflow_linger,
         )
         if pre_ping and self._engine.dialect.name == "postgresql":
             check_liveness_on_checkout(self._engine, ping_idle_after)

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from service.db._engine import await_
 from service.db.pool import ConnectionPool
@@ -105,6 +105,67 @@ async def test_exhaustion_raises_pool_exhausted_and_counts_it(pg_url: str) -> No
             assert caught.value.retry_after >= 1
             assert pool.stats().timeouts == 1
         assert pool.stats().checked_out == 0
+
+
+async def _server_connections(url: str, application_name: str) -> int:
+    """The connections the server holds for ``application_name`` (not the pool's view)."""
+    conn = await asyncpg.connect(side_dsn(url))
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            application_name,
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def _burst(pool: ConnectionPool, size: int) -> None:
+    """``size`` short statements at once, so every connection comes back together."""
+
+    async def one() -> None:
+        async with pool.connection() as conn:
+            await conn.execute(text("SELECT pg_sleep(0.005)"))
+
+    await asyncio.gather(*(one() for _ in range(size)))
+
+
+@pytest.mark.one_session
+async def test_bursts_above_pool_size_reuse_the_overflow_connections(pg_url: str) -> None:
+    # Each burst returns all four connections at once, to a pool that keeps two: the
+    # stock queue pool closed two of them every time and opened two for the next.
+    name = "burst-probe"
+    async with ConnectionPool(pg_url, pool_size=2, max_overflow=2, application_name=name) as pool:
+        await _burst(pool, 4)
+        opened: list[object] = []
+        event.listen(pool.engine.sync_engine.pool, "connect", lambda *_: opened.append(1))
+        for _ in range(20):
+            await _burst(pool, 4)
+        assert opened == [], "an overflow connection was closed and opened again"
+        assert (pool.stats().idle, pool.stats().overflow) == (4, 2)
+        assert await _server_connections(pg_url, name) == 4
+
+
+@pytest.mark.one_session
+async def test_overflow_connections_close_once_the_load_has_dropped(pg_url: str) -> None:
+    name = "linger-probe"
+    async with ConnectionPool(
+        pg_url, pool_size=1, max_overflow=2, overflow_linger=0.3, application_name=name
+    ) as pool:
+        await _burst(pool, 3)
+        assert await _server_connections(pg_url, name) == 3
+        # One statement at a time for longer than the linger: the two overflow
+        # connections are not needed for a whole span, and close.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 0.8
+        while loop.time() < until:
+            await _burst(pool, 1)
+        stats = pool.stats()
+        assert (stats.idle, stats.overflow, stats.checked_out) == (1, 0, 0)
+        assert await _server_connections(pg_url, name) == 1
+        # The limit is what it was: three at once, a fourth waits for one of them.
+        await _burst(pool, 3)
+        assert await _server_connections(pg_url, name) == 3
 
 
 async def test_waiting_counts_callers_queued_for_a_connection(pg_url: str) -> None:
