@@ -64,7 +64,11 @@ def create_engine(
                 connect_args["command_timeout"] = statement_timeout
         elif statement_timeout:
             server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
-        pool.update(poolclass=LingeringQueuePool, overflow_linger=overflow_linger)
+        # Last in, first out: under a light load the same few connections serve every
+        # request and stay fresh (no liveness ping), while the others age and go.
+        pool.update(
+            poolclass=LingeringQueuePool, overflow_linger=overflow_linger, pool_use_lifo=True
+        )
     engine = create_async_engine(
         url, connect_args=connect_args, isolation_level="AUTOCOMMIT", **pool
     )

@@ -168,6 +168,20 @@ async def test_overflow_connections_close_once_the_load_has_dropped(pg_url: str)
         assert await _server_connections(pg_url, name) == 3
 
 
+@pytest.mark.one_session
+async def test_a_light_load_keeps_using_the_connection_returned_last(pg_url: str) -> None:
+    # One request every 0.3 s on five open connections: taken in turn, each would sit
+    # idle 1.5 s between uses, past the 1 s after which a checkout pings it first.
+    async with ConnectionPool(pg_url, pool_size=5, max_overflow=0) as pool:
+        await _burst(pool, 5)
+        backends = set()
+        for _ in range(6):
+            await asyncio.sleep(0.3)
+            async with pool.connection() as conn:
+                backends.add((await conn.execute(text("SELECT pg_backend_pid()"))).scalar())
+        assert len(backends) == 1
+
+
 async def test_waiting_counts_callers_queued_for_a_connection(pg_url: str) -> None:
     async with ConnectionPool(pg_url, pool_size=1, max_overflow=0, pool_timeout=5) as pool:
         release = asyncio.Event()
