@@ -115,6 +115,8 @@ class ConnectionPool:
             self._url, self._behind_pgbouncer = split_pooler(make_url(url))
         except ValueError as exc:
             raise InvalidArgument(f"database URL: {exc}") from None
+        if overflow_linger < 0:
+            raise InvalidArgument(f"overflow_linger must be >= 0 seconds, got {overflow_linger}")
         self._max_overflow = max_overflow
         self._engine = create_engine(
             self._url,

@@ -11,7 +11,7 @@ from sqlalchemy import event, text
 
 from service.db._engine import await_
 from service.db.pool import ConnectionPool
-from service.errors import ClosedError, DatabaseUnavailable, PoolExhausted
+from service.errors import ClosedError, DatabaseUnavailable, InvalidArgument, PoolExhausted
 from tests.helpers import closed_port, side_dsn
 
 
@@ -166,6 +166,11 @@ async def test_overflow_connections_close_once_the_load_has_dropped(pg_url: str)
         # The limit is what it was: three at once, a fourth waits for one of them.
         await _burst(pool, 3)
         assert await _server_connections(pg_url, name) == 3
+
+
+async def test_a_negative_overflow_linger_is_refused(pg_url: str) -> None:
+    with pytest.raises(InvalidArgument, match="overflow_linger must be >= 0"):
+        ConnectionPool(pg_url, overflow_linger=-1)
 
 
 @pytest.mark.one_session
