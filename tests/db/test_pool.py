@@ -163,7 +163,7 @@ async def test_overflow_connections_close_once_the_load_has_dropped(pg_url: str)
         stats = pool.stats()
         assert (stats.idle, stats.overflow, stats.checked_out) == (1, 0, 0)
         assert await _server_connections(pg_url, name) == 1
-        # The limit is what it was: three at once, a fourth waits for one of them.
+        # The load comes back: three at once open the overflow again, up to the limit.
         await _burst(pool, 3)
         assert await _server_connections(pg_url, name) == 3
 
