@@ -138,9 +138,10 @@ class LingeringQueuePool(AsyncAdaptedQueuePool):
         )
 
     def _do_get(self) -> ConnectionPoolEntry:
-        record = super()._do_get()
-        self._busiest = max(self._busiest, self.checkedout())
-        return record
+        # Counted before the get: a connection being opened for this caller is needed
+        # from now on, and must not look surplus to a return while it connects.
+        self._busiest = max(self._busiest, self.checkedout() + 1)
+        return super()._do_get()
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         super()._do_return_conn(record)
