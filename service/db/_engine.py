@@ -21,6 +21,9 @@ from sqlalchemy.util import queue as sqla_queue
 OVERFLOW_LINGER = 60.0
 """Seconds of lighter load after which connections opened beyond ``pool_size`` close."""
 
+KEEP_HEAP_STATEMENT = "SELECT length(repeat(' ', 2 * 1024 * 1024))"
+"""Run once on each new PostgreSQL connection: see :func:`keep_backend_heap`."""
+
 # SQLAlchemy 2.1 renamed await_only to await_; accept either. Inside the greenlet that
 # runs pooled operations, it waits for a coroutine of the driver itself.
 await_ = getattr(util, "await_", None) or util.await_only
@@ -74,6 +77,8 @@ def create_engine(
     )
     if url.get_backend_name() == "sqlite":
         _use_explicit_sqlite_transactions(engine)
+    else:
+        keep_backend_heap(engine)
     return engine
 
 
@@ -159,6 +164,27 @@ class LingeringQueuePool(AsyncAdaptedQueuePool):
                 idle.close()
             finally:
                 self._dec_overflow()
+
+
+def keep_backend_heap(engine: AsyncEngine) -> None:
+    """Have each new PostgreSQL backend keep the heap memory it frees between statements.
+
+    PostgreSQL frees a statement's memory when the statement ends. glibc's malloc gives
+    the free top of the heap back to the kernel once more than its trim threshold is
+    free there: 128 KB, until the process first frees a block it got from mmap, when
+    glibc raises the threshold to twice that block's size (its dynamic mmap threshold).
+    A backend that never handled a large value therefore shrinks its heap after every
+    statement that handles a document of some tens of KB, and page-faults it back in
+    on the next one: kernel time on the database server for every write. A 2 MB string
+    built and freed when the connection opens raises the threshold to 4 MB at once, as
+    the first large query would later. Where the server sets its own threshold
+    (``GLIBC_TUNABLES=glibc.malloc.trim_threshold``, as compose.yaml does) glibc keeps
+    it, and where PostgreSQL runs on another allocator this is one 2 MB allocation.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        await_(dbapi_connection.driver_connection.execute(KEEP_HEAP_STATEMENT))
 
 
 def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:
