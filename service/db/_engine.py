@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, util
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import InvalidatePoolError
@@ -171,20 +172,23 @@ def keep_backend_heap(engine: AsyncEngine) -> None:
 
     PostgreSQL frees a statement's memory when the statement ends. glibc's malloc gives
     the free top of the heap back to the kernel once more than its trim threshold is
-    free there: 128 KB, until the process first frees a block it got from mmap, when
-    glibc raises the threshold to twice that block's size (its dynamic mmap threshold).
-    A backend that never handled a large value therefore shrinks its heap after every
-    statement that handles a document of some tens of KB, and page-faults it back in
-    on the next one: kernel time on the database server for every write. A 2 MB string
-    built and freed when the connection opens raises the threshold to 4 MB at once, as
-    the first large query would later. Where the server sets its own threshold
-    (``GLIBC_TUNABLES=glibc.malloc.trim_threshold``, as compose.yaml does) glibc keeps
-    it, and where PostgreSQL runs on another allocator this is one 2 MB allocation.
+    free there, and serves every allocation above its mmap threshold with a mapping of
+    its own, unmapped when freed: 128 KB each, until the process first frees such a
+    mapping, when glibc raises the mmap threshold to that mapping's size and the trim
+    threshold to twice it (its dynamic threshold). A backend that never handled a large
+    value therefore maps, unmaps and trims memory around every statement that handles
+    a document of some tens of KB, and page-faults it back in on the next one: kernel
+    time on the database server for every write. A 2 MB string built and freed when
+    the connection opens raises both thresholds at once, as the first large query
+    would later. It costs one round trip per connection. A server whose thresholds are
+    set (``GLIBC_TUNABLES``) keeps its own, and one on another allocator sees a 2 MB
+    allocation; a server that refuses the statement still gets the connection.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        await_(dbapi_connection.driver_connection.execute(KEEP_HEAP_STATEMENT))
+        with contextlib.suppress(asyncpg.PostgresError):
+            await_(dbapi_connection.driver_connection.execute(KEEP_HEAP_STATEMENT))
 
 
 def _use_explicit_sqlite_transactions(engine: AsyncEngine) -> None:

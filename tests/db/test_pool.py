@@ -11,6 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import event, text
 
+from service.db import _engine
 from service.db._engine import await_
 from service.db.pool import ConnectionPool
 from service.db.result_store import ResultStore
@@ -215,6 +216,17 @@ async def test_a_backend_keeps_its_heap_between_writes_of_large_documents(pg_url
             await store.put(f"heap-{n % 10}", document)
         per_write = (_page_faults(pid) - before) / writes
     assert per_write < 12, f"{per_write:.1f} page faults per write"
+
+
+async def test_a_server_that_refuses_the_heap_statement_still_connects(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a PostgreSQL-compatible server without repeat(), or a statement_timeout
+    # shorter than the statement, would: the connection is still handed out.
+    monkeypatch.setattr(_engine, "KEEP_HEAP_STATEMENT", "SELECT 1 / 0")
+    pool = ConnectionPool(pg_url, pool_size=1, max_overflow=0)
+    async with pool, pool.connection() as conn:
+        assert (await conn.execute(text("SELECT 42"))).scalar_one() == 42
 
 
 async def test_waiting_counts_callers_queued_for_a_connection(pg_url: str) -> None:
