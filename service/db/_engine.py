@@ -22,8 +22,12 @@ from sqlalchemy.util import queue as sqla_queue
 OVERFLOW_LINGER = 60.0
 """Seconds of lighter load after which connections opened beyond ``pool_size`` close."""
 
-KEEP_HEAP_STATEMENT = "SELECT length(repeat(' ', 2 * 1024 * 1024))"
-"""Run once on each new PostgreSQL connection: see :func:`keep_backend_heap`."""
+KEEP_HEAP_STATEMENT = (
+    "/* service: raise this backend's malloc thresholds */"
+    " SELECT length(repeat(' ', 2 * 1024 * 1024))"
+)
+"""Run once on each new PostgreSQL connection: see :func:`keep_backend_heap`. The comment
+tells an operator who finds it in ``pg_stat_activity`` what it is for."""
 
 # SQLAlchemy 2.1 renamed await_only to await_; accept either. Inside the greenlet that
 # runs pooled operations, it waits for a coroutine of the driver itself.
