@@ -104,6 +104,16 @@ async def test_control_without_the_setting_prepared_statements_go_astray(
     ids = [unique_id("astray") for _ in range(CLIENTS)]
     url = through(bouncer, migrated_db, pooler=False)
     async with ConnectionPool(url, pool_size=CLIENTS, statement_timeout=0) as pool:
+        # Every client connection open before the churn, so the callers' statements
+        # interleave from the first round (staggered connects let a few callers run
+        # alone on one server connection, where nothing goes astray).
+        all_open = asyncio.Barrier(CLIENTS)
+
+        async def hold_one() -> None:
+            async with pool.connection():
+                await all_open.wait()
+
+        await asyncio.gather(*(hold_one() for _ in range(CLIENTS)))
         errors = await churn(ResultStore(pool), ids, rounds=10)
     assert errors, "every statement found its prepared statement: the control proves nothing"
     assert any("prepared statement" in str(error.__cause__ or error) for error in errors)
