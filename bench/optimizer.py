@@ -16,6 +16,10 @@ between the untouched database (before) and the copy (after), script by script, 
 both sides share the machine's drift; ``--runs`` runs of each script on each side,
 medians. Each run starts from the same orders: the rows earlier inserts added are
 deleted first.
+
+With ``--callgrind``, the cluster is then stopped and each script's cost per execution
+on each side is counted by callgrind (instructions, last-level cache misses) in a
+single-user backend: figures that do not drift with the machine (``bench.single_user``).
 """
 
 from __future__ import annotations
@@ -35,36 +39,62 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from bench import single_user
 from bench.cpu import children
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
 from service.errors import ServiceError
-from tests.support.private_postgres import postgres_bin, private_postgres
+from tests.support.private_postgres import PrivateCluster, postgres_bin, private_postgres
 
 CUSTOMERS = 100_000
 ORDERS = 500_000
 EVENTS = 400_000
 
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One statement of the workload, with one parameter drawn uniformly from
+    1..``high`` on each execution; ``tables``: what it reads or writes (with their
+    indexes, its working set)."""
+
+    variable: str
+    high: int
+    statement: str
+    tables: tuple[str, ...]
+
+    def pgbench(self) -> str:
+        """The script as pgbench's ``-f`` reads it."""
+        return f"\\set {self.variable} random(1, {self.high})\n{self.statement.strip()}\n"
+
+
 SCRIPTS = {
-    "orders of a customer": """
-\\set cid random(1, 100000)
-SELECT id, status, total, created_at FROM orders
-WHERE customer_id = :cid ORDER BY created_at DESC LIMIT 10;
-""",
-    "clicks of a customer": """
-\\set cid random(1, 100000)
-SELECT count(*) FROM events WHERE customer_id = :cid AND kind = 'click';
-""",
-    "order by id": """
-\\set oid random(1, 500000)
-SELECT id, customer_id, status, total FROM orders WHERE id = :oid;
-""",
-    "new order": """
-\\set cid random(1, 100000)
-INSERT INTO orders (customer_id, status, total, created_at)
-VALUES (:cid, 'pending', 10 + :cid % 90, now());
-""",
+    "orders of a customer": Script(
+        "cid",
+        CUSTOMERS,
+        """SELECT id, status, total, created_at FROM orders
+WHERE customer_id = :cid ORDER BY created_at DESC LIMIT 10;""",
+        ("orders",),
+    ),
+    "clicks of a customer": Script(
+        "cid",
+        CUSTOMERS,
+        "SELECT count(*) FROM events WHERE customer_id = :cid AND kind = 'click';",
+        ("events",),
+    ),
+    "order by id": Script(
+        "oid",
+        ORDERS,
+        "SELECT id, customer_id, status, total FROM orders WHERE id = :oid;",
+        ("orders",),
+    ),
+    "new order": Script(
+        "cid",
+        CUSTOMERS,
+        """INSERT INTO orders (customer_id, status, total, created_at)
+VALUES (:cid, 'pending', 10 + :cid % 90, now());""",
+        ("orders", "customers"),  # the foreign key's check reads customers
+    ),
 }
 
 SCHEMA = [
@@ -251,6 +281,65 @@ def median(runs: list[Run], field: str) -> float:
     return float(statistics.median(float(getattr(run, field)) for run in runs))
 
 
+async def single_user_costs(
+    cluster: PrivateCluster,
+    databases: dict[str, str],
+    measured: dict[str, dict[str, list[Run]]],
+) -> dict[str, dict[str, single_user.Cost]]:
+    """Each script's cost per execution on each side (``databases``: side to database
+    name), counted by callgrind in a single-user backend on the stopped cluster, both
+    sides from the same orders. The number of executions follows the side's measured
+    tps, 3 to 2,000: a scan of a second costs minutes under callgrind, and a short run
+    of a fast statement counts the simulated cache's warming more than the statement."""
+    for database in databases.values():
+        await run_sql(_sqlalchemy(f"{cluster.dsn.rsplit('/', 1)[0]}/{database}"), *RESET)
+    await cluster.stop()
+    costs: dict[str, dict[str, single_user.Cost]] = {side: {} for side in databases}
+    for name, script in SCRIPTS.items():
+        for side, database in databases.items():
+            executions = max(3, min(2000, int(median(measured[side][name], "tps") / 5)))
+            costs[side][name] = await single_user.cost(
+                cluster.bin / "postgres",
+                cluster.data,
+                database,
+                cluster.settings,
+                script.statement,
+                script.variable,
+                script.high,
+                executions,
+                script.tables,
+            )
+    return costs
+
+
+def render_costs(costs: dict[str, dict[str, single_user.Cost]]) -> str:
+    """The callgrind table: instructions and last-level cache misses per execution."""
+    before, after = costs["before"], costs["after"]
+    lines = [
+        "",
+        "Per execution in a single-user backend, counted by callgrind (the same statements"
+        " and data on both sides; the work and memory traffic of the statement alone,"
+        " without what concurrency adds):",
+        "",
+        "| script | before instructions | after instructions | after / before"
+        " | before LL misses | after LL misses | after / before |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in before:
+        b, a = before[name], after[name]
+        lines.append(
+            f"| {name} | {b.instructions:,.0f} | {a.instructions:,.0f}"
+            f" | {_ratio(a.instructions, b.instructions)} | {b.ll_misses:,.1f}"
+            f" | {a.ll_misses:,.1f} | {_ratio(a.ll_misses, b.ll_misses)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(after: float, before: float) -> str:
+    """Three significant digits: a scan that became a lookup reads 0.000331, not 0.000."""
+    return f"{after / before:.3g}" if before else "-"
+
+
 def render(
     args: argparse.Namespace,
     before: dict[str, list[Run]],
@@ -262,7 +351,8 @@ def render(
     pinned = f" (on core {CLIENT_CORE}, the cluster on core {DATABASE_CORE})" if pinning() else ""
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
-        f" --clients {args.clients}`: {CUSTOMERS:,} customers, {ORDERS:,} orders,"
+        f" --clients {args.clients}{' --callgrind' if args.callgrind else ''}`:"
+        f" {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
         f"{pinned}, medians of"
         f" {args.runs} rounds, each running every script on the database as built and on"
@@ -297,6 +387,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="also count each script's instructions and cache misses per execution on"
+        " both sides with valgrind (deterministic where tps drifts; adds minutes)",
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/results/optimizer.md"))
     return parser.parse_args(argv)
 
@@ -312,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         scripts = {}
-        for number, (name, body) in enumerate(SCRIPTS.items()):
+        for number, (name, script) in enumerate(SCRIPTS.items()):
             path = work / f"script{number}.sql"
-            path.write_text(body.strip() + "\n")
+            path.write_text(script.pgbench())
             scripts[name] = path
 
         async def phases() -> str:
@@ -335,13 +431,20 @@ def main(argv: list[str] | None = None) -> int:
                 report, took, applied = await report_and_apply(after_url)
                 print(report.as_text(), file=sys.stderr)
                 measured = await measure(sides, scripts, args, work)
-                return render(
-                    args,
-                    measured["before"],
-                    measured["after"],
-                    took,
-                    applied,
-                    time.monotonic() - started,
+                costs = ""
+                if args.callgrind:
+                    databases = {side: dsn.rsplit("/", 1)[1] for side, dsn in sides.items()}
+                    costs = render_costs(await single_user_costs(cluster, databases, measured))
+                return (
+                    render(
+                        args,
+                        measured["before"],
+                        measured["after"],
+                        took,
+                        applied,
+                        time.monotonic() - started,
+                    )
+                    + costs
                 )
 
         text = asyncio.run(phases())

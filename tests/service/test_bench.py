@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from bench import single_user
 from bench.__main__ import scenarios
 from bench.report import NOT_BUILT
 from bench.wrk import parse
+from tests.support.private_postgres import private_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,3 +156,50 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
         before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
         assert before > 0, row
         assert after > 0, row
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_callgrind_counts_what_an_index_adds_to_an_insert() -> None:
+    """The single-user counts see the work of one more index on an insert, and two runs
+    of the same statements on the same data count the same (within the few instructions
+    a timestamp's formatting varies by)."""
+    async with private_postgres() as cluster:
+        conn = await asyncpg.connect(cluster.dsn)
+        try:
+            for database in ("plain", "indexed"):
+                await conn.execute(f"CREATE DATABASE {database}")
+        finally:
+            await conn.close()
+        for database in ("plain", "indexed"):
+            conn = await asyncpg.connect(cluster.dsn.rsplit("/", 1)[0] + f"/{database}")
+            try:
+                await conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, k integer)")
+                await conn.execute(
+                    "INSERT INTO t (k) SELECT i % 997 FROM generate_series(1, 20000) AS i"
+                )
+                if database == "indexed":
+                    await conn.execute("CREATE INDEX ON t (k)")
+            finally:
+                await conn.close()
+        await cluster.stop()
+
+        async def insert(database: str) -> single_user.Cost:
+            return await single_user.cost(
+                cluster.bin / "postgres",
+                cluster.data,
+                database,
+                cluster.settings,
+                "INSERT INTO t (k) VALUES (:k);",
+                "k",
+                100_000,
+                40,
+                ("t",),
+            )
+
+        plain, indexed = await insert("plain"), await insert("indexed")
+        again = await insert("plain")
+    assert again.instructions == pytest.approx(plain.instructions, rel=0.005)
+    assert again.ll_misses == pytest.approx(plain.ll_misses, rel=0.1, abs=1)
+    assert indexed.instructions > plain.instructions * 1.05, (plain, indexed)
