@@ -31,6 +31,13 @@ OS_USER = "postgres"
 SUMMARY = re.compile(r"==\d+== (I\s+refs|LL misses):\s+([\d,]+)")
 """The two totals of valgrind's summary that :class:`Cost` keeps."""
 
+SETTINGS = ("fsync=off", "full_page_writes=off")
+"""No full-page images: the first change of a page after a checkpoint copies the whole
+page into the WAL and checksums it, and a count of a few thousand executions touches
+most pages of an index on random keys for the first time. Those copies made most of
+the cache misses such a count saw, at a rate per execution many times that of a
+workload running between checkpoints minutes apart."""
+
 
 @dataclass(frozen=True, slots=True)
 class Cost:
@@ -90,7 +97,7 @@ async def _counts(
             raise RuntimeError(f"could not copy {data}")
         if os.geteuid() == 0:
             shutil.chown(root, OS_USER, OS_USER)
-        options = [arg for setting in ("fsync=off", *settings) for arg in ("-c", setting)]
+        options = [arg for setting in (*settings, *SETTINGS) for arg in ("-c", setting)]
         process = await asyncio.create_subprocess_exec(
             *argv_prefix,
             "valgrind",
