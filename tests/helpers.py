@@ -32,6 +32,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache.backends import RedisBackend
+from service.cache.result_cache import ResultCache
 from service.db.migrations import upgrade
 from service.db.optimization import ADVISORY_LOCK_KEY
 from service.db.pool import ConnectionPool
@@ -57,6 +58,19 @@ async def next_second() -> None:
     Last-Modified (never during the second it was written in)."""
     now = time.time()
     await asyncio.sleep(int(now) + 1 - now + 0.01)
+
+
+async def read_until_l1_holds(cache: ResultCache, analysis_id: str, within: float = 1.0) -> None:
+    """Read ``analysis_id`` until ``cache`` serves it from its L1.
+
+    A write made by another replica reaches this one as a notice that names the id, not
+    the version. When the notice arrives after a read has already kept the new version,
+    it drops that entry too, and the next read keeps it again. So "the reader's L1 holds
+    it" is a state to wait for, not one the read right after a write guarantees."""
+    started = time.perf_counter()
+    while (await cache.get(analysis_id)).source != "l1":
+        assert time.perf_counter() - started < within, f"L1 never kept {analysis_id}"
+        await asyncio.sleep(0.001)
 
 
 def unique_prefix(tag: str = "rc") -> str:
