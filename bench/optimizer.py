@@ -283,25 +283,25 @@ def median(runs: list[Run], field: str) -> float:
 
 async def single_user_costs(
     cluster: PrivateCluster,
-    databases: dict[str, str],
+    sides: dict[str, str],
     measured: dict[str, dict[str, list[Run]]],
 ) -> dict[str, dict[str, single_user.Cost]]:
-    """Each script's cost per execution on each side (``databases``: side to database
-    name), counted by callgrind in a single-user backend on the stopped cluster, both
-    sides from the same orders. The number of executions follows the side's measured
-    tps, 3 to 2,000: a scan of a second costs minutes under callgrind, and a short run
-    of a fast statement counts the simulated cache's warming more than the statement."""
-    for database in databases.values():
-        await run_sql(_sqlalchemy(f"{cluster.dsn.rsplit('/', 1)[0]}/{database}"), *RESET)
+    """Each script's cost per execution on each side (``sides``: name to libpq DSN),
+    counted by callgrind in a single-user backend on the stopped cluster, both sides
+    from the same orders. The number of executions follows the side's measured tps,
+    3 to 2,000: a scan of a second costs minutes under callgrind, and a short run of a
+    fast statement counts the simulated cache's warming more than the statement."""
+    for dsn in sides.values():
+        await run_sql(_sqlalchemy(dsn), *RESET)
     await cluster.stop()
-    costs: dict[str, dict[str, single_user.Cost]] = {side: {} for side in databases}
+    costs: dict[str, dict[str, single_user.Cost]] = {side: {} for side in sides}
     for name, script in SCRIPTS.items():
-        for side, database in databases.items():
+        for side, dsn in sides.items():
             executions = max(3, min(2000, int(median(measured[side][name], "tps") / 5)))
             costs[side][name] = await single_user.cost(
                 cluster.bin / "postgres",
                 cluster.data,
-                database,
+                dsn.rsplit("/", 1)[1],
                 cluster.settings,
                 script.statement,
                 script.variable,
@@ -433,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 measured = await measure(sides, scripts, args, work)
                 costs = ""
                 if args.callgrind:
-                    databases = {side: dsn.rsplit("/", 1)[1] for side, dsn in sides.items()}
-                    costs = render_costs(await single_user_costs(cluster, databases, measured))
+                    costs = render_costs(await single_user_costs(cluster, sides, measured))
                 return (
                     render(
                         args,

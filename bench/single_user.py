@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-OS_USER = "postgres"
+from tests.support.private_postgres import OS_USER
+
 SUMMARY = re.compile(r"==\d+== (I\s+refs|LL misses):\s+([\d,]+)")
 """The two totals of valgrind's summary that :class:`Cost` keeps."""
 
@@ -69,10 +70,9 @@ def statements(
         names = ", ".join(_literal(table) for table in tables)
         lines += [
             "CREATE EXTENSION IF NOT EXISTS pg_prewarm;",
-            "SELECT count(pg_prewarm(c.oid)) FROM pg_class AS c WHERE c.oid IN"
-            f" (SELECT to_regclass(t) FROM unnest(ARRAY[{names}]) AS t UNION ALL"
-            " SELECT i.indexrelid FROM pg_index AS i"
-            f" WHERE i.indrelid IN (SELECT to_regclass(t) FROM unnest(ARRAY[{names}]) AS t));",
+            f"WITH t AS (SELECT to_regclass(name) AS oid FROM unnest(ARRAY[{names}]) AS name)"
+            " SELECT count(pg_prewarm(r.oid)) FROM (SELECT oid FROM t UNION ALL"
+            " SELECT i.indexrelid FROM pg_index AS i JOIN t ON i.indrelid = t.oid) AS r;",
         ]
     lines.append(f"PREPARE measured AS {body};")  # parameter types inferred, as pgbench's
     lines += [f"EXECUTE measured({draw.randint(1, high)});" for _ in range(executions)]
@@ -116,9 +116,9 @@ async def _counts(
         )
         out, err = await process.communicate(script.encode())
     summary = err.decode(errors="replace")
+    output = out.decode(errors="replace") + summary
     found = {name.split()[0]: count for name, count in SUMMARY.findall(summary)}
-    if process.returncode != 0 or len(found) != 2 or "ERROR:" in summary + out.decode():
-        output = out.decode(errors="replace") + summary
+    if process.returncode != 0 or len(found) != 2 or "ERROR:" in output:
         raise RuntimeError(f"single-user run on {database} failed:\n{output[-2000:]}")
     return int(found["I"].replace(",", "")), int(found["LL"].replace(",", ""))
 
