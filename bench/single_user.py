@@ -18,6 +18,7 @@ divided by ``n``, so start-up, catalog loading and the first plan cancel out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -114,7 +115,13 @@ async def _counts(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await process.communicate(script.encode())
+        try:
+            out, err = await process.communicate(script.encode())
+        finally:
+            if process.returncode is None:  # cancelled: the other run of the pair failed
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
     summary = err.decode(errors="replace")
     output = out.decode(errors="replace") + summary
     found = {name.split()[0]: count for name, count in SUMMARY.findall(summary)}
@@ -140,10 +147,13 @@ async def cost(
     ``tables`` and their indexes in shared buffers."""
     warm = statements(statement, variable, high, 1, seed, tables)
     full = statements(statement, variable, high, 1 + executions, seed, tables)
-    base, total = await asyncio.gather(
-        _counts(postgres, data, database, settings, warm),
-        _counts(postgres, data, database, settings, full),
-    )
+    try:
+        async with asyncio.TaskGroup() as group:  # one run failing ends the other
+            base_run = group.create_task(_counts(postgres, data, database, settings, warm))
+            total_run = group.create_task(_counts(postgres, data, database, settings, full))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    base, total = base_run.result(), total_run.result()
     return Cost(
         (total[0] - base[0]) / executions,
         (total[1] - base[1]) / executions,

@@ -203,3 +203,24 @@ async def test_callgrind_counts_what_an_index_adds_to_an_insert() -> None:
     assert again.instructions == pytest.approx(plain.instructions, rel=0.005)
     assert again.ll_misses == pytest.approx(plain.ll_misses, rel=0.1, abs=1)
     assert indexed.instructions > plain.instructions * 1.05, (plain, indexed)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_callgrind_count_of_a_failing_statement_raises_with_the_server_message() -> None:
+    """A statement the server refuses is not counted as cheap: the run raises, with the
+    server's error in the message."""
+    async with private_postgres() as cluster:
+        await cluster.stop()
+        with pytest.raises(RuntimeError, match="does not exist"):
+            await single_user.cost(
+                cluster.bin / "postgres",
+                cluster.data,
+                "postgres",
+                cluster.settings,
+                "INSERT INTO missing (k) VALUES (:k);",
+                "k",
+                10,
+                3,
+            )
