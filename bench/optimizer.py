@@ -14,8 +14,11 @@ report, and has every finding whose statement :meth:`QueryOptimizer.apply` accep
 applied, exactly as given and in report order. The measured runs then alternate
 between the untouched database (before) and the copy (after), script by script, so
 both sides share the machine's drift; ``--runs`` runs of each script on each side,
-medians. Each run starts from the same orders: the rows earlier inserts added are
-deleted first.
+medians, and for each ratio the interval that holds its median with a known chance.
+Each run starts from the same orders: the rows earlier inserts added are deleted
+first. On a shared virtual machine the host takes a core away in bursts (steal, in
+``/proc/stat``): a pair of runs during which it took more than ``--max-steal`` of a
+measured core is run again, and the least stolen pair is kept.
 
 With ``--callgrind``, the cluster is then stopped and each script's cost per execution
 on each side is counted by callgrind (instructions, last-level cache misses) in a
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -34,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
 from bench import single_user
-from bench.cpu import children
+from bench.cpu import children, steal_and_total
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
@@ -146,6 +151,8 @@ class Run:
     tps: float
     p50_ms: float
     p99_ms: float
+    steal: float
+    """The share of the measured cores' time the hypervisor gave to other guests."""
 
 
 DATABASE_CORE, CLIENT_CORE = 0, 1
@@ -168,10 +175,13 @@ def pin_cluster(data: Path) -> None:
 
 
 def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> Run:
-    """One pgbench run of ``script``: tps and latency percentiles from its log."""
+    """One pgbench run of ``script``: tps and latency percentiles from its log, and the
+    steal on the cores it ran on (all of them when nothing is pinned)."""
     for old in work.glob("pgbench_log.*"):
         old.unlink()
     pinned = ["taskset", "-c", str(CLIENT_CORE)] if pinning() else []
+    cores = {DATABASE_CORE, CLIENT_CORE} if pinning() else None
+    steal_from, total_from = steal_and_total(cores)
     out = subprocess.run(
         [
             *pinned,
@@ -197,6 +207,7 @@ def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> R
         check=True,
         cwd=work,
     ).stdout
+    steal_to, total_to = steal_and_total(cores)
     tps = next(
         float(line.split("=")[1].split()[0])
         for line in out.splitlines()
@@ -213,6 +224,7 @@ def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> R
         tps,
         latencies[len(latencies) // 2],
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        (steal_to - steal_from) / max(1, total_to - total_from),
     )
 
 
@@ -231,24 +243,64 @@ async def run_sql(url: str, *statements: str) -> None:
             await conn.exec_driver_sql(statement)
 
 
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The kept runs (side to script to one run per round), and how many pairs of runs
+    were run again for steal, or kept with it after the last attempt."""
+
+    runs: dict[str, dict[str, list[Run]]]
+    pairs: int
+    repeated: int
+    kept_with_steal: int
+
+
 async def measure(
     sides: dict[str, str], scripts: dict[str, Path], args: argparse.Namespace, work: Path
-) -> dict[str, dict[str, list[Run]]]:
+) -> Measured:
     """``args.runs`` rounds; in each, every script on every side (``sides``: name to
     libpq DSN), one at a time, each run after the inserts of the ones before it are
-    deleted. Every other round goes through the sides in reverse order."""
+    deleted. Every other round goes through the sides in reverse order.
+
+    A script's pair of runs during which the host took more than ``args.max_steal`` of
+    a measured core, on either side, is run again, up to ``args.attempts`` times in
+    all, and the pair with the least steal is kept: a burst of steal on one side of a
+    pair moves its ratio by more than the differences this bench is for."""
     runs: dict[str, dict[str, list[Run]]] = {side: {name: [] for name in scripts} for side in sides}
+    repeated = kept_with_steal = 0
     for round_number in range(args.runs):
         order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
         for name, path in scripts.items():
-            for side in order:
-                await run_sql(_sqlalchemy(sides[side]), *RESET)
-                runs[side][name].append(
-                    await asyncio.to_thread(
+            kept: dict[str, Run] = {}
+            for attempt in range(args.attempts):
+                pair: dict[str, Run] = {}
+                for side in order:
+                    await run_sql(_sqlalchemy(sides[side]), *RESET)
+                    pair[side] = await asyncio.to_thread(
                         pgbench, sides[side], path, args.seconds, args.clients, work
                     )
+                print(  # progress, and the spread the table sums up
+                    f"round {round_number + 1} {name} attempt {attempt + 1}: "
+                    + ", ".join(
+                        f"{side} {run.tps:,.0f} tps (steal {run.steal:.1%})"
+                        for side, run in pair.items()
+                    ),
+                    file=sys.stderr,
+                    flush=True,
                 )
-    return runs
+                if not kept or _steal(pair) < _steal(kept):
+                    kept = pair
+                if _steal(pair) <= args.max_steal:
+                    break
+                if attempt + 1 < args.attempts:
+                    repeated += 1
+            kept_with_steal += _steal(kept) > args.max_steal
+            for side in sides:
+                runs[side][name].append(kept[side])
+    return Measured(runs, args.runs * len(scripts), repeated, kept_with_steal)
+
+
+def _steal(pair: dict[str, Run]) -> float:
+    return max(run.steal for run in pair.values())
 
 
 def _sqlalchemy(dsn: str) -> str:
@@ -281,6 +333,27 @@ def median(runs: list[Run], field: str) -> float:
     return float(statistics.median(float(getattr(run, field)) for run in runs))
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of what ``values`` are drawn from:
+    their k-th smallest and k-th largest, with k as large as keeps the chance that the
+    interval holds the median at ``confidence`` or more (each value falls on either
+    side of the median with even odds, so the count below it is binomial). With too few
+    values for ``confidence``, the smallest and the largest. Returns the two ends and
+    the chance they hold the median."""
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, below) for below in range(k)) / (1 << n)
+
+    k = 1
+    while 2 * (k + 1) <= n and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
 async def single_user_costs(
     cluster: PrivateCluster,
     sides: dict[str, str],
@@ -295,7 +368,8 @@ async def single_user_costs(
         await run_sql(_sqlalchemy(dsn), *RESET)
     await cluster.stop()
     costs: dict[str, dict[str, single_user.Cost]] = {side: {} for side in sides}
-    for name, script in SCRIPTS.items():
+    for name in measured[next(iter(sides))]:
+        script = SCRIPTS[name]
         for side, dsn in sides.items():
             executions = max(3, min(2000, int(median(measured[side][name], "tps") / 5)))
             costs[side][name] = await single_user.cost(
@@ -342,23 +416,29 @@ def _ratio(after: float, before: float) -> str:
 
 def render(
     args: argparse.Namespace,
-    before: dict[str, list[Run]],
-    after: dict[str, list[Run]],
+    measured: Measured,
     report_seconds: float,
     applied: list[tuple[Finding, str]],
     elapsed: float,
 ) -> str:
+    before, after = measured.runs["before"], measured.runs["after"]
     pinned = f" (on core {CLIENT_CORE}, the cluster on core {DATABASE_CORE})" if pinning() else ""
+    only = "".join(f" --only '{name}'" for name in args.only or ())
+    coverage = median_interval([0.0] * args.runs)[2]
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
-        f" --clients {args.clients}{' --callgrind' if args.callgrind else ''}`:"
+        f" --clients {args.clients}{only}{' --callgrind' if args.callgrind else ''}`:"
         f" {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
         f"{pinned}, medians of"
         f" {args.runs} rounds, each running every script on the database as built and on"
         f" its copy with the advice applied, side by side (after / before: the median of"
-        f" the rounds' ratios); the report took {report_seconds:.2f} s;"
-        f" took {elapsed:.0f} s.",
+        f" the rounds' ratios, and the interval that holds the median of such ratios with"
+        f" a chance of {coverage:.1%}); a pair of runs during which the host took more"
+        f" than {args.max_steal:.0%} of a measured core was run again, up to"
+        f" {args.attempts} times in all ({measured.repeated} pairs run again of"
+        f" {measured.pairs}; {measured.kept_with_steal} kept above it); the report took"
+        f" {report_seconds:.2f} s; took {elapsed:.0f} s.",
         "",
         "Applied, in report order:",
         "",
@@ -366,18 +446,19 @@ def render(
     lines += [f"- `{finding.ddl}` ({outcome})" for finding, outcome in applied]
     lines += [
         "",
-        "| script | before tps | before p99 ms | after tps | after p99 ms | after / before |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| script | before tps | before p99 ms | after tps | after p99 ms | after / before"
+        " | interval |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in before:
         b_tps, a_tps = median(before[name], "tps"), median(after[name], "tps")
         # The runs of a round ran side by side: the median of their ratios.
-        paired = statistics.median(
-            a.tps / b.tps for a, b in zip(after[name], before[name], strict=True) if b.tps
-        )
+        ratios = [a.tps / b.tps for a, b in zip(after[name], before[name], strict=True) if b.tps]
+        low, high, _ = median_interval(ratios)
         lines.append(
             f"| {name} | {b_tps:,.0f} | {median(before[name], 'p99_ms'):.1f} | {a_tps:,.0f}"
-            f" | {median(after[name], 'p99_ms'):.1f} | {paired:.2f} |"
+            f" | {median(after[name], 'p99_ms'):.1f} | {statistics.median(ratios):.2f}"
+            f" | {low:.2f}-{high:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -392,6 +473,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also count each script's instructions and cache misses per execution on"
         " both sides with valgrind (deterministic where tps drifts; adds minutes)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(SCRIPTS),
+        help="measure this script only (repeat for several); the report still sees all",
+    )
+    parser.add_argument(
+        "--max-steal",
+        type=float,
+        default=0.03,
+        help="run a pair of runs again when the host took more than this share of a"
+        " measured core during either (default 0.03)",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="runs of a pair at most, the first included; the least stolen is kept",
     )
     parser.add_argument("--output", type=Path, default=Path("bench/results/optimizer.md"))
     return parser.parse_args(argv)
@@ -430,21 +530,13 @@ def main(argv: list[str] | None = None) -> int:
                 await asyncio.to_thread(workload, sides["after"], scripts, args, work, 1)
                 report, took, applied = await report_and_apply(after_url)
                 print(report.as_text(), file=sys.stderr)
-                measured = await measure(sides, scripts, args, work)
+                chosen = {name: scripts[name] for name in args.only or scripts}
+                measured = await measure(sides, chosen, args, work)
                 costs = ""
                 if args.callgrind:
-                    costs = render_costs(await single_user_costs(cluster, sides, measured))
-                return (
-                    render(
-                        args,
-                        measured["before"],
-                        measured["after"],
-                        took,
-                        applied,
-                        time.monotonic() - started,
-                    )
-                    + costs
-                )
+                    costs = render_costs(await single_user_costs(cluster, sides, measured.runs))
+                took_all = time.monotonic() - started
+                return render(args, measured, took, applied, took_all) + costs
 
         text = asyncio.run(phases())
     print(text)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
+import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +16,8 @@ import pytest
 
 from bench import single_user
 from bench.__main__ import scenarios
+from bench.cpu import steal_and_total
+from bench.optimizer import median_interval
 from bench.report import NOT_BUILT
 from bench.wrk import parse
 from tests.support.private_postgres import private_postgres
@@ -47,6 +53,37 @@ def test_wrk_output_is_parsed() -> None:
     assert result.unexpected == {503: 10}
     assert result.socket_errors == 5
     assert result.requests == 1000
+
+
+def test_median_interval_takes_the_order_statistics_that_hold_the_median() -> None:
+    """Five values: only the smallest and the largest hold the median with a chance of
+    95% or so (15/16). Fifteen: the 4th smallest and the 4th largest (96.5%); and over
+    many draws from a skewed distribution, that interval holds its true median about as
+    often as it claims."""
+    assert median_interval([3.0, 1.0, 5.0, 2.0, 4.0]) == (1.0, 5.0, 0.9375)
+    low, high, coverage = median_interval([float(value) for value in range(15, 0, -1)])
+    assert (low, high) == (4.0, 12.0)
+    assert coverage == pytest.approx(0.9648, abs=1e-4)
+    draw = random.Random(11)
+    true_median = math.log(2)  # of an exponential distribution of rate 1
+    trials = 4000
+    held = 0
+    for _ in range(trials):
+        low, high, _ = median_interval([draw.expovariate(1.0) for _ in range(15)])
+        held += low <= true_median <= high
+    assert 0.95 <= held / trials <= 0.98
+
+
+def test_steal_is_read_per_core_from_the_kernel() -> None:
+    """The ticks of one core are part of those of all, steal among them, and they
+    advance while the machine runs."""
+    steal_one, total_one = steal_and_total({0})
+    steal_all, total_all = steal_and_total()
+    assert 0 <= steal_one <= total_one
+    assert steal_one <= steal_all <= total_all
+    assert total_one < total_all or os.cpu_count() == 1
+    time.sleep(0.1)
+    assert steal_and_total()[1] > total_all
 
 
 @pytest.mark.slow
