@@ -358,6 +358,7 @@ async def single_user_costs(
     cluster: PrivateCluster,
     sides: dict[str, str],
     measured: dict[str, dict[str, list[Run]]],
+    last_level: str | None = None,
 ) -> dict[str, dict[str, single_user.Cost]]:
     """Each script's cost per execution on each side (``sides``: name to libpq DSN),
     counted by callgrind in a single-user backend on the stopped cluster, both sides
@@ -382,6 +383,7 @@ async def single_user_costs(
                 script.high,
                 executions,
                 script.tables,
+                last_level=last_level,
             )
     return costs
 
@@ -424,10 +426,12 @@ def render(
     before, after = measured.runs["before"], measured.runs["after"]
     pinned = f" (on core {CLIENT_CORE}, the cluster on core {DATABASE_CORE})" if pinning() else ""
     only = "".join(f" --only '{name}'" for name in args.only or ())
+    steal = f" --max-steal {args.max_steal:g} --attempts {args.attempts}"
     coverage = median_interval([0.0] * args.runs)[2]
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
-        f" --clients {args.clients}{only}{' --callgrind' if args.callgrind else ''}`:"
+        f" --clients {args.clients}{steal}{only}{' --callgrind' if args.callgrind else ''}"
+        f"{f' --last-level {args.last_level}' if args.last_level else ''}`:"
         f" {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
         f"{pinned}, medians of"
@@ -473,6 +477,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also count each script's instructions and cache misses per execution on"
         " both sides with valgrind (deterministic where tps drifts; adds minutes)",
+    )
+    parser.add_argument(
+        "--last-level",
+        metavar="SIZE,ASSOC,LINE",
+        help="with --callgrind, the simulated last-level cache (valgrind's --LL), in"
+        " place of this processor's: its core's own L2, say, where the L3 is shared"
+        " with other guests",
     )
     parser.add_argument(
         "--only",
@@ -534,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
                 measured = await measure(sides, chosen, args, work)
                 costs = ""
                 if args.callgrind:
-                    costs = render_costs(await single_user_costs(cluster, sides, measured.runs))
+                    counted = await single_user_costs(
+                        cluster, sides, measured.runs, args.last_level
+                    )
+                    costs = render_costs(counted)
                 took_all = time.monotonic() - started
                 return render(args, measured, took, applied, took_all) + costs
 

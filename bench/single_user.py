@@ -85,7 +85,12 @@ def _literal(text: str) -> str:
 
 
 async def _counts(
-    postgres: Path, data: Path, database: str, settings: tuple[str, ...], script: str
+    postgres: Path,
+    data: Path,
+    database: str,
+    settings: tuple[str, ...],
+    script: str,
+    last_level: str | None = None,
 ) -> tuple[int, int]:
     """Instructions and LL misses of one single-user backend running ``script`` on a
     copy of ``data`` (the copy keeps the original as it was for the next run)."""
@@ -104,6 +109,7 @@ async def _counts(
             "valgrind",
             "--tool=callgrind",
             "--cache-sim=yes",
+            *([f"--LL={last_level}"] if last_level else []),
             f"--callgrind-out-file={root / 'callgrind.out'}",
             str(postgres),
             "--single",
@@ -141,16 +147,24 @@ async def cost(
     executions: int,
     tables: Sequence[str] = (),
     seed: int = 7,
+    last_level: str | None = None,
 ) -> Cost:
     """The cost of one execution of ``statement`` in ``database`` of the stopped
     cluster at ``data``, over ``executions`` executions after a first one, with
-    ``tables`` and their indexes in shared buffers."""
+    ``tables`` and their indexes in shared buffers. ``last_level``: the simulated
+    last-level cache as valgrind's ``--LL`` takes it (``size,associativity,line``), in
+    place of the processor's own; on a virtual machine that is an L3 shared with other
+    guests, larger than what one backend can count on."""
     warm = statements(statement, variable, high, 1, seed, tables)
     full = statements(statement, variable, high, 1 + executions, seed, tables)
     try:
         async with asyncio.TaskGroup() as group:  # one run failing ends the other
-            base_run = group.create_task(_counts(postgres, data, database, settings, warm))
-            total_run = group.create_task(_counts(postgres, data, database, settings, full))
+            base_run = group.create_task(
+                _counts(postgres, data, database, settings, warm, last_level)
+            )
+            total_run = group.create_task(
+                _counts(postgres, data, database, settings, full, last_level)
+            )
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
     base, total = base_run.result(), total_run.result()

@@ -175,6 +175,8 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
             "1",
             "--seconds",
             "1",
+            "--attempts",
+            "1",
             "--output",
             str(output),
         ],
@@ -193,6 +195,9 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
         before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
         assert before > 0, row
         assert after > 0, row
+        cells = row.rstrip(" |").split(" | ")
+        low, high = (float(end) for end in cells[6].split("-"))
+        assert low == high == float(cells[5]), row  # one round: its ratio, both ends
 
 
 @pytest.mark.slow
@@ -201,7 +206,8 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
 async def test_callgrind_counts_what_an_index_adds_to_an_insert() -> None:
     """The single-user counts see the work of one more index on an insert, and two runs
     of the same statements on the same data count the same (within the few instructions
-    a timestamp's formatting varies by)."""
+    a timestamp's formatting varies by). A smaller simulated last-level cache leaves the
+    instructions of a scan alone and multiplies its misses."""
     async with private_postgres() as cluster:
         conn = await asyncpg.connect(cluster.dsn)
         try:
@@ -237,6 +243,24 @@ async def test_callgrind_counts_what_an_index_adds_to_an_insert() -> None:
 
         plain, indexed = await insert("plain"), await insert("indexed")
         again = await insert("plain")
+
+        async def scan(last_level: str | None) -> single_user.Cost:
+            return await single_user.cost(
+                cluster.bin / "postgres",
+                cluster.data,
+                "plain",
+                cluster.settings,
+                "SELECT count(*) FROM t WHERE k <> :k;",
+                "k",
+                997,
+                4,
+                ("t",),
+                last_level=last_level,
+            )
+
+        whole, small = await scan(None), await scan("131072,8,64")
+    assert small.instructions == pytest.approx(whole.instructions, rel=0.005)
+    assert small.ll_misses > 3 * max(whole.ll_misses, 1.0), (whole, small)
     assert again.instructions == pytest.approx(plain.instructions, rel=0.005)
     assert again.ll_misses == pytest.approx(plain.ll_misses, rel=0.1, abs=1)
     assert indexed.instructions > plain.instructions * 1.05, (plain, indexed)
