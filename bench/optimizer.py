@@ -249,7 +249,6 @@ class Measured:
     were run again for steal, or kept with it after the last attempt."""
 
     runs: dict[str, dict[str, list[Run]]]
-    pairs: int
     repeated: int
     kept_with_steal: int
 
@@ -296,7 +295,7 @@ async def measure(
             kept_with_steal += _steal(kept) > args.max_steal
             for side in sides:
                 runs[side][name].append(kept[side])
-    return Measured(runs, args.runs * len(scripts), repeated, kept_with_steal)
+    return Measured(runs, repeated, kept_with_steal)
 
 
 def _steal(pair: dict[str, Run]) -> float:
@@ -441,7 +440,7 @@ def render(
         f" a chance of {coverage:.1%}); a pair of runs during which the host took more"
         f" than {args.max_steal:.0%} of a measured core was run again, up to"
         f" {args.attempts} times in all ({measured.repeated} pairs run again of"
-        f" {measured.pairs}; {measured.kept_with_steal} kept above it); the report took"
+        f" {args.runs * len(before)}; {measured.kept_with_steal} kept above it); the report took"
         f" {report_seconds:.2f} s; took {elapsed:.0f} s.",
         "",
         "Applied, in report order:",
@@ -467,11 +466,31 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.optimizer", description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--runs", type=_at_least_one, default=3)
+    parser.add_argument("--seconds", type=_at_least_one, default=10)
+    parser.add_argument("--clients", type=_at_least_one, default=4)
     parser.add_argument(
         "--callgrind",
         action="store_true",
@@ -493,14 +512,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-steal",
-        type=float,
+        type=_share,
         default=0.03,
         help="run a pair of runs again when the host took more than this share of a"
         " measured core during either (default 0.03)",
     )
     parser.add_argument(
         "--attempts",
-        type=int,
+        type=_at_least_one,
         default=3,
         help="runs of a pair at most, the first included; the least stolen is kept",
     )

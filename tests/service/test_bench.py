@@ -17,7 +17,7 @@ import pytest
 from bench import single_user
 from bench.__main__ import scenarios
 from bench.cpu import steal_and_total
-from bench.optimizer import median_interval
+from bench.optimizer import median_interval, parse_args
 from bench.report import NOT_BUILT
 from bench.wrk import parse
 from tests.support.private_postgres import private_postgres
@@ -72,6 +72,29 @@ def test_median_interval_takes_the_order_statistics_that_hold_the_median() -> No
         low, high, _ = median_interval([draw.expovariate(1.0) for _ in range(15)])
         held += low <= true_median <= high
     assert 0.95 <= held / trials <= 0.98
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--attempts", "0"], "must be 1 or more, not 0"),
+        (["--runs", "-2"], "must be 1 or more, not -2"),
+        (["--max-steal", "5"], "must be a share from 0 to 1, not 5.0"),
+        (["--seconds", "ten"], "must be a whole number, not 'ten'"),
+        (["--max-steal", "some"], "must be a number, not 'some'"),
+    ],
+)
+def test_optimizer_bench_refuses_counts_it_cannot_run(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A count that would leave a round without runs is refused at once, naming the
+    option, not after the database is built."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err
+    assert message in err
 
 
 def test_steal_is_read_per_core_from_the_kernel() -> None:
