@@ -38,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from bench import single_user
+from bench import core_profile, single_user
 from bench.cpu import children, steal_and_total
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
@@ -153,6 +154,9 @@ class Run:
     p99_ms: float
     steal: float
     """The share of the measured cores' time the hypervisor gave to other guests."""
+    transactions: int
+    samples: Counter[str] = field(default_factory=Counter)
+    """With ``--perf``: the cluster's core sampled during the run, by function."""
 
 
 DATABASE_CORE, CLIENT_CORE = 0, 1
@@ -174,15 +178,55 @@ def pin_cluster(data: Path) -> None:
             os.sched_setaffinity(pid, {DATABASE_CORE})
 
 
-def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> Run:
+def pgbench(
+    dsn: str, script: Path, seconds: int, clients: int, work: Path, profile: bool = False
+) -> Run:
     """One pgbench run of ``script``: tps and latency percentiles from its log, and the
-    steal on the cores it ran on (all of them when nothing is pinned)."""
+    steal on the cores it ran on (all of them when nothing is pinned). With ``profile``
+    (pinned only), the cluster's core is sampled with perf during the run."""
     for old in work.glob("pgbench_log.*"):
         old.unlink()
     pinned = ["taskset", "-c", str(CLIENT_CORE)] if pinning() else []
     cores = {DATABASE_CORE, CLIENT_CORE} if pinning() else None
+    samples = work / "perf.data"
+    sampling = (
+        core_profile.sampling(DATABASE_CORE, samples) if profile else contextlib.nullcontext()
+    )
     steal_from, total_from = steal_and_total(cores)
-    out = subprocess.run(
+    with sampling:
+        out = _pgbench(pinned, dsn, script, seconds, clients, work)
+    steal_to, total_to = steal_and_total(cores)
+    tps = _reading(out, "tps =")
+    latencies = sorted(
+        int(line.split()[2]) / 1000
+        for log in work.glob("pgbench_log.*")
+        for line in log.read_text().splitlines()
+    )
+    if not latencies:
+        raise SystemExit(f"pgbench logged no transaction:\n{out}")
+    return Run(
+        tps,
+        latencies[len(latencies) // 2],
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        (steal_to - steal_from) / max(1, total_to - total_from),
+        int(_reading(out, "number of transactions actually processed:")),
+        core_profile.read(samples) if profile else Counter(),
+    )
+
+
+def _reading(out: str, label: str) -> float:
+    """The number after ``label`` at the start of a line of pgbench's summary."""
+    return next(
+        float(line.removeprefix(label).split()[0])
+        for line in out.splitlines()
+        if line.startswith(label)
+    )
+
+
+def _pgbench(
+    pinned: list[str], dsn: str, script: Path, seconds: int, clients: int, work: Path
+) -> str:
+    return subprocess.run(
         [
             *pinned,
             str(postgres_bin() / "pgbench"),
@@ -207,25 +251,6 @@ def pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> R
         check=True,
         cwd=work,
     ).stdout
-    steal_to, total_to = steal_and_total(cores)
-    tps = next(
-        float(line.split("=")[1].split()[0])
-        for line in out.splitlines()
-        if line.startswith("tps =")
-    )
-    latencies = sorted(
-        int(line.split()[2]) / 1000
-        for log in work.glob("pgbench_log.*")
-        for line in log.read_text().splitlines()
-    )
-    if not latencies:
-        raise SystemExit(f"pgbench logged no transaction:\n{out}")
-    return Run(
-        tps,
-        latencies[len(latencies) // 2],
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        (steal_to - steal_from) / max(1, total_to - total_from),
-    )
 
 
 def workload(
@@ -275,7 +300,7 @@ async def measure(
                 for side in order:
                     await run_sql(_sqlalchemy(sides[side]), *RESET)
                     pair[side] = await asyncio.to_thread(
-                        pgbench, sides[side], path, args.seconds, args.clients, work
+                        pgbench, sides[side], path, args.seconds, args.clients, work, args.perf
                     )
                 print(  # progress, and the spread the table sums up
                     f"round {round_number + 1} {name} attempt {attempt + 1}: "
@@ -410,6 +435,41 @@ def render_costs(costs: dict[str, dict[str, single_user.Cost]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_profiles(runs: dict[str, dict[str, list[Run]]], shown: int = 6) -> str:
+    """The perf table: each script's core time per transaction on each side, over the
+    kept runs, and the functions whose time per transaction differs most."""
+    lines = [
+        "",
+        f"The cluster's core, sampled by perf ({core_profile.FREQUENCY} cpu-clock samples a"
+        " second) during the kept runs: microseconds per transaction it was busy, and the"
+        " functions whose time per transaction differs most (after - before, µs; the"
+        " backends' own code `[.]`, the kernel's `[k]`):",
+        "",
+        "| script | before µs | after µs | after / before | largest differences |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in runs["before"]:
+        before, after = core_profile.Profile(), core_profile.Profile()
+        for side, profile in (("before", before), ("after", after)):
+            for run in runs[side][name]:
+                profile.add(run.samples, run.transactions)
+        b, a = before.per_transaction(), after.per_transaction()
+        differences = sorted(
+            ((a.get(function, 0.0) - b.get(function, 0.0), function) for function in {*a, *b}),
+            key=lambda item: -abs(item[0]),
+        )
+        largest = ", ".join(
+            f"`{function.removeprefix('postgres ')}` {difference:+.2f}"
+            for difference, function in differences[:shown]
+            if function != core_profile.IDLE
+        )
+        lines.append(
+            f"| {name} | {before.busy():,.1f} | {after.busy():,.1f}"
+            f" | {_ratio(after.busy(), before.busy())} | {largest} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _ratio(after: float, before: float) -> str:
     """Three significant digits: a scan that became a lookup reads 0.000331, not 0.000."""
     return f"{after / before:.3g}" if before else "-"
@@ -429,7 +489,8 @@ def render(
     coverage = median_interval([0.0] * args.runs)[2]
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
-        f" --clients {args.clients}{steal}{only}{' --callgrind' if args.callgrind else ''}"
+        f" --clients {args.clients}{steal}{only}{' --perf' if args.perf else ''}"
+        f"{' --callgrind' if args.callgrind else ''}"
         f"{f' --last-level {args.last_level}' if args.last_level else ''}`:"
         f" {CUSTOMERS:,} customers, {ORDERS:,} orders,"
         f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
@@ -498,6 +559,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " both sides with valgrind (deterministic where tps drifts; adds minutes)",
     )
     parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample the cluster's core with perf during each run, and show where each"
+        " side spends its time per transaction (needs perf, and two cores to pin to)",
+    )
+    parser.add_argument(
         "--last-level",
         metavar="SIZE,ASSOC,LINE",
         help="with --callgrind, the simulated last-level cache (valgrind's --LL), in"
@@ -529,6 +596,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.perf:
+        if not pinning():
+            raise SystemExit("--perf samples the cluster's own core: it needs two cores")
+        if (reason := core_profile.available()) is not None:
+            raise SystemExit(f"--perf: {reason}")
     started = time.monotonic()
 
     async def build(url: str) -> None:
@@ -562,12 +634,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.as_text(), file=sys.stderr)
                 chosen = {name: scripts[name] for name in args.only or scripts}
                 measured = await measure(sides, chosen, args, work)
-                costs = ""
+                costs = render_profiles(measured.runs) if args.perf else ""
                 if args.callgrind:
                     counted = await single_user_costs(
                         cluster, sides, measured.runs, args.last_level
                     )
-                    costs = render_costs(counted)
+                    costs += render_costs(counted)
                 took_all = time.monotonic() - started
                 return render(args, measured, took, applied, took_all) + costs
 

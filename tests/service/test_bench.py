@@ -14,10 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench import single_user
+from bench import core_profile, single_user
 from bench.__main__ import scenarios
 from bench.cpu import steal_and_total
-from bench.optimizer import median_interval, parse_args
+from bench.optimizer import SCRIPTS, median_interval, parse_args
 from bench.report import NOT_BUILT
 from bench.wrk import parse
 from tests.support.private_postgres import private_postgres
@@ -95,6 +95,63 @@ def test_optimizer_bench_refuses_counts_it_cannot_run(
     err = capsys.readouterr().err
     assert argv[0] in err
     assert message in err
+
+
+PERF_REPORT = """\
+# To display the perf.data header info, please use --header/--header-only options.
+#
+    40.00%           800  postgres  [.] _bt_compare
+    25.00%           500  swapper   [k] pv_native_safe_halt
+    20.00%           400  postgres  [k] _raw_spin_unlock_irqrestore
+     5.00%           100  postgres  [.] 0x0000000000446bf2
+     5.00%           100  kworker/0:1  [k] worker_thread
+     5.00%           100  swapper   [k] cpuidle_idle_call
+
+"""
+
+
+def test_perf_report_lines_are_read_by_function() -> None:
+    """perf's sample counts, by command and function; the idle task's as idle time,
+    which per transaction is not busy time."""
+    samples = core_profile.parse_report(PERF_REPORT)
+    assert samples == {
+        "postgres [.] _bt_compare": 800,
+        core_profile.IDLE: 600,
+        "postgres [k] _raw_spin_unlock_irqrestore": 400,
+        "postgres [.] 0x0000000000446bf2": 100,
+        "kworker/0:1 [k] worker_thread": 100,
+    }
+    profile = core_profile.Profile()
+    profile.add(samples, 500)
+    profile.add(samples, 500)
+    each = 1e6 / core_profile.FREQUENCY / 1000  # µs per sample per transaction
+    assert profile.per_transaction()["postgres [.] _bt_compare"] == pytest.approx(1600 * each)
+    assert profile.busy() == pytest.approx(2800 * each)
+    assert core_profile.Profile().per_transaction() == {}
+
+
+SPIN = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"
+
+
+@pytest.mark.tools
+def test_perf_samples_what_runs_on_the_core(tmp_path: Path) -> None:
+    """A process spinning on one core fills most of that core's samples, under its own
+    command name; sampling another core does not see it."""
+    assert core_profile.available() is None
+    cores = sorted(os.sched_getaffinity(0))
+    busy = cores[-1]
+    into = tmp_path / "perf.data"
+
+    def spinning_samples(sampled: int) -> int:
+        with core_profile.sampling(sampled, into):
+            subprocess.run(["taskset", "-c", str(busy), sys.executable, "-c", SPIN], check=True)
+        samples = core_profile.read(into)
+        return sum(count for name, count in samples.items() if name.startswith("python"))
+
+    on_its_core = spinning_samples(busy)
+    assert on_its_core > 0.6 * 1.5 * core_profile.FREQUENCY
+    if len(cores) > 1:
+        assert spinning_samples(cores[0]) < 0.1 * on_its_core
 
 
 def test_steal_is_read_per_core_from_the_kernel() -> None:
@@ -200,6 +257,7 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
             "1",
             "--attempts",
             "1",
+            "--perf",
             "--output",
             str(output),
         ],
@@ -212,7 +270,9 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
     assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
     assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
     assert "- `CREATE INDEX CONCURRENTLY ON public.orders (customer_id);`" in completed.stdout
-    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")][1:]
+    tables = completed.stdout.split("\n\n| script")  # the applied list, tps, perf
+    assert len(tables) == 3, completed.stdout
+    rows = [line for line in tables[1].splitlines() if line.startswith("| ")]
     assert len(rows) == 4, rows
     for row in rows:
         before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
@@ -221,6 +281,13 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
         cells = row.rstrip(" |").split(" | ")
         low, high = (float(end) for end in cells[6].split("-"))
         assert low == high == float(cells[5]), row  # one round: its ratio, both ends
+    profiled = [line for line in tables[2].splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in profiled] == [f"| {name}" for name in SCRIPTS]
+    for row in profiled:
+        cells = row.rstrip(" |").split(" | ")
+        assert float(cells[1].replace(",", "")) > 0, row  # busy µs per transaction
+        assert float(cells[2].replace(",", "")) > 0, row
+        assert cells[4].count("`") >= 2, row  # the functions that differ most
 
 
 @pytest.mark.slow
