@@ -67,7 +67,8 @@ def available() -> str | None:
     except FileNotFoundError:
         return "perf is not installed (Debian: linux-perf)"
     except subprocess.CalledProcessError as exc:
-        return f"perf record failed: {exc.stderr.strip().splitlines()[-1:]}"
+        last = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+        return f"perf record failed: {last[0]}"
     return None
 
 
