@@ -31,8 +31,8 @@ IDLE = "idle"
 
 @dataclass
 class Profile:
-    """Samples by function (``command: symbol``) over some runs, and the transactions
-    those runs completed."""
+    """Samples by function (as :func:`parse_report` names them) over some runs, and the
+    transactions those runs completed."""
 
     samples: Counter[str] = field(default_factory=Counter)
     transactions: int = 0

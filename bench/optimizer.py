@@ -186,7 +186,6 @@ def pgbench(
     (pinned only), the cluster's core is sampled with perf during the run."""
     for old in work.glob("pgbench_log.*"):
         old.unlink()
-    pinned = ["taskset", "-c", str(CLIENT_CORE)] if pinning() else []
     cores = {DATABASE_CORE, CLIENT_CORE} if pinning() else None
     samples = work / "perf.data"
     sampling = (
@@ -194,7 +193,7 @@ def pgbench(
     )
     steal_from, total_from = steal_and_total(cores)
     with sampling:
-        out = _pgbench(pinned, dsn, script, seconds, clients, work)
+        out = _pgbench(dsn, script, seconds, clients, work)
     steal_to, total_to = steal_and_total(cores)
     tps = _reading(out, "tps =")
     latencies = sorted(
@@ -223,9 +222,8 @@ def _reading(out: str, label: str) -> float:
     )
 
 
-def _pgbench(
-    pinned: list[str], dsn: str, script: Path, seconds: int, clients: int, work: Path
-) -> str:
+def _pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> str:
+    pinned = ["taskset", "-c", str(CLIENT_CORE)] if pinning() else []
     return subprocess.run(
         [
             *pinned,
@@ -454,14 +452,14 @@ def render_profiles(runs: dict[str, dict[str, list[Run]]], shown: int = 6) -> st
             for run in runs[side][name]:
                 profile.add(run.samples, run.transactions)
         b, a = before.per_transaction(), after.per_transaction()
+        functions = {*a, *b} - {core_profile.IDLE}
         differences = sorted(
-            ((a.get(function, 0.0) - b.get(function, 0.0), function) for function in {*a, *b}),
+            ((a.get(function, 0.0) - b.get(function, 0.0), function) for function in functions),
             key=lambda item: -abs(item[0]),
         )
         largest = ", ".join(
             f"`{function.removeprefix('postgres ')}` {difference:+.2f}"
             for difference, function in differences[:shown]
-            if function != core_profile.IDLE
         )
         lines.append(
             f"| {name} | {before.busy():,.1f} | {after.busy():,.1f}"

@@ -165,11 +165,9 @@ async def cost(
     full = statements(statement, variable, high, 1 + executions, seed, tables)
     try:
         async with asyncio.TaskGroup() as group:  # one run failing ends the other
-            base_run = group.create_task(
-                _counts(postgres, data, database, settings, warm, last_level)
-            )
-            total_run = group.create_task(
-                _counts(postgres, data, database, settings, full, last_level)
+            base_run, total_run = (
+                group.create_task(_counts(postgres, data, database, settings, run, last_level))
+                for run in (warm, full)
             )
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
