@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from bench import core_profile, single_user
 from bench.__main__ import scenarios
 from bench.cpu import steal_and_total
 from bench.optimizer import SCRIPTS, median_interval, parse_args
+from bench.optimizer import main as optimizer_main
 from bench.report import NOT_BUILT
 from bench.wrk import parse
 from tests.support.private_postgres import private_postgres
@@ -152,6 +154,29 @@ def test_perf_samples_what_runs_on_the_core(tmp_path: Path) -> None:
     assert on_its_core > 0.6 * 1.5 * core_profile.FREQUENCY
     if len(cores) > 1:
         assert spinning_samples(cores[0]) < 0.1 * on_its_core
+
+
+@pytest.mark.tools
+def test_perf_without_perf_installed_is_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no perf on PATH (taskset still there, so the cores can be pinned), --perf
+    stops at once, naming the package to install, and leaves no output behind."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    taskset = shutil.which("taskset")
+    assert taskset is not None
+    (tools / "taskset").symlink_to(taskset)
+    monkeypatch.setenv("PATH", str(tools))
+    output = tmp_path / "optimizer.md"
+    with pytest.raises(SystemExit) as exited:
+        optimizer_main(["--perf", "--output", str(output)])
+    message = str(exited.value.code)
+    if (os.cpu_count() or 1) >= 2:
+        assert "perf is not installed (Debian: linux-perf)" in message
+    else:
+        assert "needs two cores" in message
+    assert not output.exists()
 
 
 def test_steal_is_read_per_core_from_the_kernel() -> None:
