@@ -16,10 +16,10 @@ in database time, from pg_stat_statements, so they cover the same period:
 
 * what it saves: for each statement, its total execution time times the share of its
   plan's cost the index takes off (time taken as proportional to cost, as Dexter does);
-* what it costs: the time the workload's writes to the table took (its INSERT, UPDATE,
-  COPY and MERGE statements), times the share one more index adds to a row written,
-  taken as one part in (1 + the table's indexes): the heap and every index each take
-  a part. A partial index adds only to the rows it holds.
+* what it costs: the time it would add to the workload's writes to the table (its
+  INSERT, UPDATE, COPY and MERGE statements), by :mod:`service.db.write_cost`: a part
+  of each row written, and for an index on a column the workload updates, the
+  heap-only (HOT) updates it would end.
 
 The candidate with the largest saving net of that cost is kept (it must also halve the
 cost of at least one statement: Dexter's ``--min-cost-savings-pct 50``), stays in
@@ -53,6 +53,7 @@ from service.db.diagnostics import (
     slow_query_rows,
 )
 from service.db.report import Check, Finding
+from service.db.write_cost import TableWrites, added_cost, table_writes
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +72,6 @@ _SCANS = frozenset({"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Sc
 _JOIN_CONDITIONS = ("Hash Cond", "Merge Cond", "Join Filter")
 _FOLDS = ("lower", "upper")
 """Functions of one column whose comparisons get an expression index candidate."""
-_IDENTIFIER = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-_WRITE_TARGET = re.compile(
-    rf"(?is)^\s*(?:insert\s+into|update(?:\s+only)?|copy|merge\s+into)\s+"
-    rf"({_IDENTIFIER}(?:\s*\.\s*{_IDENTIFIER})?)"
-)
 _READ = re.compile(r"(?is)^\s*(select|with)\b")
 
 
@@ -91,6 +87,9 @@ class Candidate:
     """A partial index's ``WHERE`` (``"col" IS NULL``), built from quoted names only."""
     share: float = 1.0
     """The share of the table's rows it holds (``pg_stats.null_frac`` for a predicate)."""
+    attributes: frozenset[str] = frozenset()
+    """The names of the columns it reads, its predicate's included, as the catalog
+    spells them: an update that sets one of them cannot be heap-only."""
 
     @property
     def definition(self) -> str:
@@ -128,6 +127,8 @@ class Suggestion:
     """Milliseconds it would add to the writes to its table."""
     writes: int = 0
     """Rows the workload wrote to its table."""
+    hot_lost: int = 0
+    """Rows the workload updated heap-only (HOT) that would write every index with it."""
     size: int = 0
     """Bytes, as hypopg estimates them."""
 
@@ -217,8 +218,8 @@ def _finding(suggestion: Suggestion, queries: dict[str, dict[str, Any]]) -> Find
         ddl=candidate.ddl,
         saves=f"about {suggestion.saving / 1000:,.1f} s of the statements' execution time,"
         f" against {suggestion.write_cost / 1000:,.1f} s it would add to the"
-        f" {suggestion.writes:,} rows the workload wrote to the table (pg_stat_statements,"
-        " since its last reset)",
+        f" {suggestion.writes:,} rows the workload wrote to the table{_hot_lost(suggestion)}"
+        " (pg_stat_statements, since its last reset)",
         data={
             "queryid": top,
             "queryids": [queryid for queryid, _ in gains],
@@ -233,7 +234,17 @@ def _finding(suggestion: Suggestion, queries: dict[str, dict[str, Any]]) -> Find
             "saving_ms": suggestion.saving,
             "write_ms": suggestion.write_cost,
             "rows_written": suggestion.writes,
+            "hot_updates_lost": suggestion.hot_lost,
         },
+    )
+
+
+def _hot_lost(suggestion: Suggestion) -> str:
+    if not suggestion.hot_lost:
+        return ""
+    return (
+        f", {suggestion.hot_lost:,} of them heap-only (HOT) updates that would then write"
+        " every index"
     )
 
 
@@ -242,7 +253,7 @@ async def advise(
 ) -> tuple[list[Suggestion], frozenset[tuple[str, str]]]:
     """The indexes worth building for ``reads`` (pg_stat_statements rows), best first,
     and the tables the reads' plans scan, (schema, name)."""
-    writes = await _writes(conn)
+    writes = await table_writes(conn)
     # One transaction: the prepared statements, the plan setting and the hypothetical
     # indexes are the session's, and behind PgBouncer only a transaction keeps one.
     async with pinned(conn):
@@ -289,7 +300,7 @@ async def _prepared(conn: AsyncConnection, name: str, row: dict[str, Any]) -> _S
 async def _choose(
     conn: AsyncConnection,
     statements: list[_Statement],
-    writes: dict[str, tuple[int, float]],
+    writes: dict[str, TableWrites],
 ) -> list[Suggestion]:
     """The greedy choice described in the module docstring."""
     proposed: dict[Candidate, int] = {}
@@ -306,15 +317,24 @@ async def _choose(
         if not any(_covers(index, candidate) for index in existing.get(candidate.table, ()))
     ][:MAX_CANDIDATES]
     chosen: list[Suggestion] = []
-    indexed: dict[str, int] = {}  # the chosen indexes, by table
     while candidates and len(chosen) < MAX_INDEXES:
         tried = []
         for candidate in candidates:
             suggestion = await _try(conn, candidate, statements)
-            rows_written, write_ms = writes.get(candidate.table, (0, 0.0))
-            parts = 1 + len(existing.get(candidate.table, ())) + indexed.get(candidate.table, 0)
-            suggestion.writes = rows_written
-            suggestion.write_cost = write_ms * candidate.share / parts
+            table = candidate.table
+            indexes = existing.get(table, [])
+            before = [s.candidate for s in chosen if s.candidate.table == table]
+            written = writes.get(table, TableWrites())
+            cost = added_cost(
+                written,
+                candidate.attributes,
+                candidate.share,
+                parts=1 + len(indexes) + len(before),
+                indexed=frozenset().union(*(index.attributes for index in indexes)),
+                chosen=frozenset().union(*(c.attributes for c in before)),
+            )
+            suggestion.writes, suggestion.write_cost = written.rows, cost.ms
+            suggestion.hot_lost = cost.hot_lost
             if suggestion.net > 0:
                 tried.append(suggestion)
         # A saving only shrinks as indexes are added, so what nets nothing now never will.
@@ -333,7 +353,6 @@ async def _choose(
             if statement.row["queryid"] in best.costs:
                 statement.cost = best.costs[statement.row["queryid"]][1]
         chosen.append(best)
-        indexed[best.candidate.table] = indexed.get(best.candidate.table, 0) + 1
         candidates = [s.candidate for s in tried if s is not best]
     return chosen
 
@@ -380,44 +399,6 @@ async def _plan(conn: AsyncConnection, statement: _Statement) -> tuple[float, di
     return float(plan["Total Cost"]), plan
 
 
-async def _writes(conn: AsyncConnection) -> dict[str, tuple[int, float]]:
-    """(rows, milliseconds) of the writes to each table among the statements
-    pg_stat_statements holds (the same period as the reads), by target table,
-    schema-qualified and quoted."""
-    written = await rows(
-        conn,
-        r"""
-        SELECT query, rows, total_exec_time AS total_ms FROM pg_stat_statements
-        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND query ~* '^\s*(insert|update|copy|merge)\s'
-        """,
-    )
-    targets: dict[str, tuple[int, float]] = {}
-    for row in written:
-        found = _WRITE_TARGET.match(row["query"])
-        if found is not None:
-            name = re.sub(r"\s*\.\s*", ".", found.group(1))
-            before = targets.get(name, (0, 0.0))
-            targets[name] = (before[0] + int(row["rows"]), before[1] + float(row["total_ms"]))
-    if not targets:
-        return {}
-    resolved = await rows(
-        conn,
-        """
-        SELECT t.name, format('%I.%I', n.nspname, c.relname) AS "table"
-        FROM unnest(CAST(:names AS text[])) AS t(name)
-        JOIN pg_class c ON c.oid = to_regclass(t.name)
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        """,
-        names=list(targets),
-    )
-    totals: dict[str, tuple[int, float]] = {}
-    for row in resolved:
-        before, (count, ms) = totals.get(row["table"], (0, 0.0)), targets[row["name"]]
-        totals[row["table"]] = (before[0] + count, before[1] + ms)
-    return totals
-
-
 @dataclass(frozen=True, slots=True)
 class _Index:
     columns: tuple[str, ...]
@@ -425,6 +406,8 @@ class _Index:
     expression (``lower(email)``)."""
     predicate: str | None
     btree: bool = True
+    attributes: frozenset[str] = frozenset()
+    """The names of the columns it reads, its expressions' and predicate's included."""
 
 
 async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str, list[_Index]]:
@@ -442,7 +425,18 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
                  ORDER BY k
                ) AS columns,
                pg_get_expr(i.indpred, i.indrelid) AS predicate,
-               am.amname = 'btree' AS btree
+               am.amname = 'btree' AS btree,
+               -- Key and INCLUDE columns are in indkey; the columns of expressions
+               -- and predicates only in the index's dependencies.
+               array(
+                 SELECT a.attname FROM pg_attribute a
+                 WHERE a.attrelid = i.indrelid AND a.attnum > 0
+                   AND (a.attnum = ANY(i.indkey) OR EXISTS (
+                     SELECT 1 FROM pg_depend d
+                     WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                       AND d.refclassid = 'pg_class'::regclass
+                       AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
+               ) AS attributes
         FROM pg_index i
         JOIN pg_class t ON t.oid = i.indrelid
         JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -456,7 +450,12 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
     existing: dict[str, list[_Index]] = {}
     for row in found:
         existing.setdefault(row["table"], []).append(
-            _Index(tuple(row["columns"]), row["predicate"], row["btree"])
+            _Index(
+                tuple(row["columns"]),
+                row["predicate"],
+                row["btree"],
+                frozenset(row["attributes"]),
+            )
         )
     return existing
 
@@ -514,7 +513,7 @@ async def _candidates(conn: AsyncConnection, plan: dict[str, Any]) -> list[Candi
         columns = await rows(
             conn,
             """
-            SELECT quote_ident(a.attname) AS quoted,
+            SELECT quote_ident(a.attname) AS quoted, a.attname AS name,
                    format('%I.%I', n.nspname, c.relname) AS "table",
                    coalesce(s.null_frac, 0)::float AS null_share
             FROM pg_attribute a
@@ -536,16 +535,26 @@ async def _candidates(conn: AsyncConnection, plan: dict[str, Any]) -> list[Candi
         names = [column["quoted"] for column in columns]
         filtered = _mentioned(names, sorted(filters))
         ordered = [c for c in _mentioned(names, sort_keys) if c not in filtered]
-        candidates += _shapes(table, filtered, ordered)
+        found = _shapes(table, filtered, ordered)
         folded = _folded(names, sorted(filters))
-        candidates += _shapes(table, folded, ordered) if folded else []
+        found += _shapes(table, folded, ordered) if folded else []
         nulls = {column["quoted"]: column["null_share"] for column in columns}
         for predicate, column in _null_tests(names, sorted(filters)):
             others = [c for c in filtered if c != column]
             share = nulls[column] if predicate.endswith(" IS NULL") else 1 - nulls[column]
             if others or ordered:
-                candidates += _shapes(table, others, ordered, predicate, share)
+                found += _shapes(table, others, ordered, predicate, share)
+        names_of = {column["quoted"]: column["name"] for column in columns}
+        candidates += [_with_attributes(candidate, names_of) for candidate in found]
     return list(dict.fromkeys(candidates))
+
+
+def _with_attributes(candidate: Candidate, names_of: dict[str, str]) -> Candidate:
+    """``candidate`` with the names of the columns its elements and predicate read
+    (``names_of``: the table's quoted names to the catalog's)."""
+    elements = [*candidate.columns, candidate.predicate or ""]
+    read = frozenset(names_of[quoted] for quoted in _mentioned(list(names_of), elements))
+    return dataclasses.replace(candidate, attributes=read)
 
 
 def _shapes(

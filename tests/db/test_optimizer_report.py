@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -977,7 +977,7 @@ async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
     assert keys.note == "1 covered by a suggested index"
 
 
-async def call(db: Database, query: str, values: range) -> None:
+async def call(db: Database, query: str, values: Iterable[int]) -> None:
     """Run ``query`` once per value, prepared (so pg_stat_statements counts one statement)."""
     async with session(db) as conn:
         prepared = await conn.prepare(query)
@@ -1037,6 +1037,59 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
         assert "1,000,000 rows the workload wrote" in (index.saves or "")
         assert len(findings_on(report, "public.t")) == 1
         assert_json_ready(report)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+async def test_an_index_weighs_the_heap_only_updates_it_would_end() -> None:
+    """Updates that set only columns no index reads are heap-only (HOT) and write no
+    index entry: an index on another column costs them nothing, and reads that save
+    little get it; an index on the column they set would make each of them write every
+    index, and is suggested only once the reads save more than that costs, with the
+    updates it would turn from HOT said."""
+    async with (
+        asyncio.timeout(120),
+        advised_database(
+            # Half-full pages: room for each row's new version beside it.
+            "CREATE TABLE h (id integer PRIMARY KEY, a integer NOT NULL, b integer NOT NULL,"
+            " pad text NOT NULL) WITH (fillfactor = 50)",
+            "INSERT INTO h SELECT i, i % 1000, i % 1000, repeat('x', 40)"
+            " FROM generate_series(1, 10000) AS i",
+            "ANALYZE",
+        ) as db,
+    ):
+        # Each row four times over.
+        await call(db, "UPDATE h SET a = a + 1 WHERE id = $1", [*range(1, 10_001)] * 4)
+        await call(db, "SELECT id FROM h WHERE a = $1", range(120))
+        await call(db, "SELECT id FROM h WHERE b = $1", range(120))
+        async with session(db) as conn:
+            hot, updated = await conn.fetchrow(
+                "SELECT n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'h'"
+            )
+            update_ms = await conn.fetchval(
+                "SELECT total_exec_time FROM pg_stat_statements WHERE query LIKE 'UPDATE h %'"
+            )
+        assert updated == 40_000
+        assert hot > 36_000, hot
+
+        report = await make_report(db, EVERY_CALL)
+        (index,) = findings_on(report, "public.h")
+        assert index.data["columns"] == ["b"], report.as_text()
+        assert index.data["rows_written"] == 40_000
+        assert index.data["hot_updates_lost"] == 0
+        assert index.data["write_ms"] < update_ms / 20, (index.data, update_ms)
+        assert "HOT" not in (index.saves or "")
+
+        await call(db, "SELECT id FROM h WHERE a = $1", range(120, 1620))
+        report = await make_report(db, EVERY_CALL)
+        by_column = {f.data["columns"][0]: f for f in findings_on(report, "public.h")}
+        assert "a" in by_column, report.as_text()
+        a = by_column["a"]
+        assert a.data["hot_updates_lost"] == hot
+        assert a.data["write_ms"] > update_ms / 4, (a.data, update_ms)
+        assert a.data["saving_ms"] > a.data["write_ms"]
+        assert f"{hot:,} of them heap-only (HOT) updates" in (a.saves or ""), a.saves
 
 
 @pytest.mark.slow
