@@ -53,7 +53,13 @@ from service.db.diagnostics import (
     slow_query_rows,
 )
 from service.db.report import Check, Finding
-from service.db.write_cost import TableWrites, added_cost, table_writes
+from service.db.write_cost import (
+    ORDERED_CORRELATION,
+    Shape,
+    TableWrites,
+    added_cost,
+    table_writes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,13 @@ class Candidate:
     attributes: frozenset[str] = frozenset()
     """The names of the columns it reads, its predicate's included, as the catalog
     spells them: an update that sets one of them cannot be heap-only."""
+    ordered: bool = False
+    """Whether the rows' physical order follows its leading column (see
+    :class:`~service.db.write_cost.Shape`)."""
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.attributes, self.ordered, self.share)
 
     @property
     def definition(self) -> str:
@@ -322,16 +335,12 @@ async def _choose(
         for candidate in candidates:
             suggestion = await _try(conn, candidate, statements)
             table = candidate.table
-            indexes = existing.get(table, [])
-            before = [s.candidate for s in chosen if s.candidate.table == table]
             written = writes.get(table, TableWrites())
             cost = added_cost(
                 written,
-                candidate.attributes,
-                candidate.share,
-                parts=1 + len(indexes) + len(before),
-                indexed=frozenset().union(*(index.attributes for index in indexes)),
-                chosen=frozenset().union(*(c.attributes for c in before)),
+                candidate.shape,
+                [index.shape for index in existing.get(table, [])],
+                [s.candidate.shape for s in chosen if s.candidate.table == table],
             )
             suggestion.writes, suggestion.write_cost = written.rows, cost.ms
             suggestion.hot_lost = cost.hot_lost
@@ -408,6 +417,11 @@ class _Index:
     btree: bool = True
     attributes: frozenset[str] = frozenset()
     """The names of the columns it reads, its expressions' and predicate's included."""
+    ordered: bool = False
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.attributes, self.ordered)
 
 
 async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str, list[_Index]]:
@@ -436,7 +450,13 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
                      WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
                        AND d.refclassid = 'pg_class'::regclass
                        AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
-               ) AS attributes
+               ) AS attributes,
+               coalesce((
+                 SELECT abs(s.correlation) >= :ordered FROM pg_attribute a
+                 JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = t.relname
+                  AND s.attname = a.attname AND NOT s.inherited
+                 WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               ), false) AS ordered
         FROM pg_index i
         JOIN pg_class t ON t.oid = i.indrelid
         JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -446,6 +466,7 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
           AND format('%I.%I', n.nspname, t.relname) = ANY(CAST(:tables AS text[]))
         """,
         tables=sorted(tables),
+        ordered=ORDERED_CORRELATION,
     )
     existing: dict[str, list[_Index]] = {}
     for row in found:
@@ -455,6 +476,7 @@ async def _existing_indexes(conn: AsyncConnection, tables: set[str]) -> dict[str
                 row["predicate"],
                 row["btree"],
                 frozenset(row["attributes"]),
+                row["ordered"],
             )
         )
     return existing
@@ -515,7 +537,8 @@ async def _candidates(conn: AsyncConnection, plan: dict[str, Any]) -> list[Candi
             """
             SELECT quote_ident(a.attname) AS quoted, a.attname AS name,
                    format('%I.%I', n.nspname, c.relname) AS "table",
-                   coalesce(s.null_frac, 0)::float AS null_share
+                   coalesce(s.null_frac, 0)::float AS null_share,
+                   coalesce(abs(s.correlation), 0)::float AS correlation
             FROM pg_attribute a
             JOIN pg_class c ON c.oid = a.attrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -545,16 +568,19 @@ async def _candidates(conn: AsyncConnection, plan: dict[str, Any]) -> list[Candi
             if others or ordered:
                 found += _shapes(table, others, ordered, predicate, share)
         names_of = {column["quoted"]: column["name"] for column in columns}
-        candidates += [_with_attributes(candidate, names_of) for candidate in found]
+        in_order = {c["quoted"] for c in columns if c["correlation"] >= ORDERED_CORRELATION}
+        candidates += [_described(candidate, names_of, in_order) for candidate in found]
     return list(dict.fromkeys(candidates))
 
 
-def _with_attributes(candidate: Candidate, names_of: dict[str, str]) -> Candidate:
+def _described(candidate: Candidate, names_of: dict[str, str], in_order: set[str]) -> Candidate:
     """``candidate`` with the names of the columns its elements and predicate read
-    (``names_of``: the table's quoted names to the catalog's)."""
+    (``names_of``: the table's quoted names to the catalog's), and whether it leads
+    with one of the columns the rows' physical order follows (``in_order``)."""
     elements = [*candidate.columns, candidate.predicate or ""]
     read = frozenset(names_of[quoted] for quoted in _mentioned(list(names_of), elements))
-    return dataclasses.replace(candidate, attributes=read)
+    leads = candidate.columns[0] in in_order
+    return dataclasses.replace(candidate, attributes=read, ordered=leads)
 
 
 def _shapes(

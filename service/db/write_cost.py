@@ -2,31 +2,37 @@
 
 The workload's writes are pg_stat_statements' INSERT, UPDATE, COPY and MERGE
 statements, by target table: their calls, rows and execution time, the same period
-the advisor's reads cover. Each statement's time is taken in parts: its own work
-(:data:`STATEMENT_PARTS` a call), then for each row written one part for the heap and
-one for each index. One more index adds a part to each row (a partial index only to
-the rows it holds).
+the advisor's reads cover. Each statement's time is split in parts: its own work
+(:data:`STATEMENT_PARTS` a call), then for each row the heap's part
+(:data:`HEAP_PART`) and a part for the entry it writes into each index. An entry
+costs a whole part where its key's place has to be found from the index's root, and
+less (:data:`ORDERED_PART`) where an insert's keys arrive in order. A partial index
+takes its part only for the rows it holds. The new index's parts, at the time a part
+of each statement took, are what it adds.
 
 An UPDATE can be heap-only (HOT): when no column of any index changes and the new
-version fits on its page, PostgreSQL writes the heap alone, one part, and no index.
-So, for each UPDATE statement (the columns it sets read from its text by
+version fits on its page, PostgreSQL writes the heap alone and no index. So, for each
+UPDATE statement (the columns it sets read from its text by
 :mod:`service.db.assignments`):
 
 * if it sets a column an index already has, or its text cannot be read, none of its
-  rows is HOT: it is weighed as an insert is;
+  rows is HOT;
 * otherwise its rows are HOT in the share the table's statistics show
   (``n_tup_hot_upd`` against ``n_tup_upd``, counting only the statements no index
-  blocks), and a new index on columns it does not set adds a part only to the others;
-* but a new index on a column it sets ends HOT for it: each such row then writes the
-  heap and every index, the new one included, instead of the heap alone.
+  blocks), and a new index on columns it does not set adds its part only to the
+  others;
+* but a new index on a column it sets ends HOT for it: each such row then writes an
+  entry into every index, the new one included.
 
 MERGE is weighed as an insert: its text does not say which of its rows are updates.
+The weights are what pgbench measured on PostgreSQL 15 for single-row and 1,000-row
+statements (``python -m bench.write_cost`` sets the model beside such measurements).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,14 +47,37 @@ _WRITE_TARGET = re.compile(
 )
 _UPDATE = re.compile(r"(?is)^\s*update\s")
 
-STATEMENT_PARTS = 5.0
+STATEMENT_PARTS = 7.0
 """A statement's own work besides its rows (parsing, planning, starting the executor,
-committing), in parts of a row. Without it a statement that writes one row has all
-its time split between the heap and the indexes, and each index is taken for several
-times what it adds. With it the model agrees with what PostgreSQL 15 does on both
-kinds of statement: where each writes one row, an index entry costs about a sixth of
-an update, and a HOT update made to write two indexes takes a third longer; where each
-writes many rows, an index entry costs about what the heap's own row does."""
+committing), in parts: where a statement writes one row, most of its time."""
+HEAP_PART = 0.5
+"""A row written to the heap, in parts: appending a row costs less than finding the
+place of a key in an index."""
+ORDERED_PART = 0.25
+"""An entry an insert writes into an index whose keys arrive in order (ids, creation
+times): B-tree inserts such a key where the last one went, without a descent through
+pages the processor's cache does not hold."""
+ORDERED_CORRELATION = 0.9
+"""How closely (``pg_stats.correlation``, either sign) the rows' physical order must
+follow an index's leading column for its keys to count as arriving in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What the model needs of an index."""
+
+    columns: frozenset[str]
+    """The names of every column it reads, its expressions' and predicate's included."""
+    ordered: bool = False
+    """Whether the rows' physical order follows its leading column
+    (:data:`ORDERED_CORRELATION`): an insert's key then lands where the last did."""
+    share: float = 1.0
+    """The share of the table's rows it holds."""
+
+    @property
+    def insert_part(self) -> float:
+        """What an insert adds to it, per row of the table."""
+        return (ORDERED_PART if self.ordered else 1.0) * self.share
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +91,10 @@ class Write:
     sets: frozenset[str] | None = None
     """For an UPDATE whose text could be read, the columns it sets."""
 
-    def blocked(self, columns: Collection[str]) -> bool:
-        """Whether an index on ``columns`` keeps this statement's rows from being HOT
-        (an insert's never are; an UPDATE whose text could not be read is taken to set
-        every column)."""
-        return not self.update or self.sets is None or not self.sets.isdisjoint(columns)
+    def may_set(self, columns: Collection[str]) -> bool:
+        """Whether this UPDATE may set one of ``columns`` (one whose text could not be
+        read may set any)."""
+        return self.sets is None or not self.sets.isdisjoint(columns)
 
 
 @dataclass(slots=True)
@@ -94,40 +122,44 @@ class Cost:
 
 def added_cost(
     writes: TableWrites,
-    columns: frozenset[str],
-    share: float,
-    parts: int,
-    indexed: Collection[str],
-    chosen: Collection[str] = (),
+    new: Shape,
+    indexes: Sequence[Shape],
+    chosen: Sequence[Shape] = (),
 ) -> Cost:
-    """What an index on ``columns`` (every column it reads, its predicate's too),
-    holding ``share`` of the rows, adds to ``writes``; ``parts``: 1 + the table's
-    indexes; ``indexed``: the columns its existing indexes read, ``chosen``: those of
+    """What ``new`` adds to ``writes``, on a table with ``indexes``, and ``chosen``:
     the indexes suggested before this one (the model: the module's docstring)."""
-    hot = _hot_share(writes, indexed)
+    hot = _hot_share(writes, frozenset().union(*(index.columns for index in indexes)))
+    every = [*indexes, *chosen]
+    insert_row = HEAP_PART + sum(index.insert_part for index in every)
+    # An update that is not HOT writes each index an entry whose key, unchanged or
+    # not, goes wherever that row's key sorts: never the ordered case.
+    update_row = HEAP_PART + sum(index.share for index in every)
     ms, lost = 0.0, 0.0
     for write in writes.statements:
-        free = not (write.blocked(indexed) or write.blocked(chosen))
-        heap_only = hot if free else 0.0
-        # Its time in parts: its own work, the heap's part of a HOT row, and the heap's
-        # and every index's parts of any other row.
-        total = write.calls * STATEMENT_PARTS + write.rows * (heap_only + (1 - heap_only) * parts)
-        if not total:
-            continue
-        part = write.ms / total
-        ms += part * write.rows * (1 - heap_only) * share
-        if free and write.blocked(columns):
-            ms += part * write.rows * heap_only * parts
-            lost += write.rows * heap_only
+        own = write.calls * STATEMENT_PARTS
+        if not write.update:
+            total, added = own + write.rows * insert_row, write.rows * new.insert_part
+        else:
+            free = not any(write.may_set(index.columns) for index in every)
+            heap_only = hot if free else 0.0
+            others = write.rows * (1 - heap_only)
+            total = own + write.rows * heap_only * HEAP_PART + others * update_row
+            added = others * new.share
+            if free and write.may_set(new.columns):
+                # Its HOT rows now write every index, the new one too.
+                added += write.rows * heap_only * (update_row - HEAP_PART + new.share)
+                lost += write.rows * heap_only
+        if total:
+            ms += write.ms * added / total
     return Cost(ms, round(lost))
 
 
-def _hot_share(writes: TableWrites, indexed: Collection[str]) -> float:
+def _hot_share(writes: TableWrites, indexed: frozenset[str]) -> float:
     """The share of HOT rows among the updates no existing index blocks: the table's
     HOT rows over its updated rows, less the rows of the statements that cannot be HOT."""
     updates = [write for write in writes.statements if write.update]
     every = sum(write.rows for write in updates)
-    free = sum(write.rows for write in updates if not write.blocked(indexed))
+    free = sum(write.rows for write in updates if not write.may_set(indexed))
     if not writes.updated or not free:
         return 0.0
     return min(1.0, writes.hot / (writes.updated * free / every))

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from service.db.assignments import updated_columns
-from service.db.write_cost import STATEMENT_PARTS, TableWrites, Write, added_cost
+from service.db.write_cost import (
+    HEAP_PART,
+    ORDERED_PART,
+    STATEMENT_PARTS,
+    Shape,
+    TableWrites,
+    Write,
+    added_cost,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,86 +55,97 @@ def test_text_that_is_not_plainly_a_set_list_reads_as_unknown(query: str) -> Non
     assert updated_columns(query) is None
 
 
-S = STATEMENT_PARTS
+S, HEAP, ORDERED = STATEMENT_PARTS, HEAP_PART, ORDERED_PART
+KEY = Shape(frozenset({"id"}), ordered=True)
+"""A primary key on ids taken from a sequence."""
+
+
+def index(*columns: str, ordered: bool = False, share: float = 1.0) -> Shape:
+    return Shape(frozenset(columns), ordered, share)
 
 
 def update(rows: int, ms: float, *sets: str, calls: int = 1) -> Write:
     return Write(rows, ms, calls, update=True, sets=frozenset(sets))
 
 
-def test_an_index_takes_a_part_of_each_row_written() -> None:
-    """One statement of 100 rows, a table with one index: the statement's own work,
-    then the heap and the index take a part of each row. One more index adds a part
-    to each row; a partial one holding a tenth of the rows, to a tenth of them."""
+def test_an_insert_writes_each_index_an_entry() -> None:
+    """One statement of 100 rows into a table with a primary key: its own work, then
+    each row the heap's part and the key's. A new index on a column whose values come
+    in any order adds a whole part to each row; one whose keys arrive in order, less;
+    a partial one holding a tenth of the rows, a tenth."""
     writes = TableWrites([Write(100, 90.0, calls=1)])
-    part = 90.0 / (S + 100 * 2)
-    assert added_cost(writes, frozenset({"a"}), 1.0, parts=2, indexed={"id"}).ms == (
-        pytest.approx(100 * part)
-    )
-    assert added_cost(writes, frozenset({"a"}), 0.1, parts=2, indexed={"id"}).ms == (
-        pytest.approx(10 * part)
-    )
+    part = 90.0 / (S + 100 * (HEAP + ORDERED))
+    assert added_cost(writes, index("a"), [KEY]).ms == pytest.approx(100 * part)
+    ordered = added_cost(writes, index("a", ordered=True), [KEY]).ms
+    assert ordered == pytest.approx(100 * ORDERED * part)
+    partial = added_cost(writes, index("a", share=0.1), [KEY]).ms
+    assert partial == pytest.approx(10 * part)
 
 
 def test_a_statement_that_writes_one_row_is_mostly_its_own_work() -> None:
-    """1,000 single-row inserts into a table with one index: each call is its own work
-    and two parts, so one more index adds one part in S + 2, not a half."""
-    writes = TableWrites([Write(1_000, 70.0, calls=1_000)])
-    cost = added_cost(writes, frozenset({"a"}), 1.0, parts=2, indexed={"id"})
-    assert cost.ms == pytest.approx(70.0 / (S + 2))
-    assert cost.ms < 70.0 / 4
+    """1,000 single-row inserts: each call its own work and the row's parts, so a new
+    index adds far less than it does where one statement writes the 1,000 rows."""
+    single = TableWrites([Write(1_000, 70.0, calls=1_000)])
+    bulk = TableWrites([Write(1_000, 70.0, calls=1)])
+    one = added_cost(single, index("a"), [KEY]).ms
+    assert one == pytest.approx(70.0 / (S + HEAP + ORDERED))
+    many = added_cost(bulk, index("a"), [KEY]).ms
+    assert many == pytest.approx(70.0 * 1_000 / (S + 1_000 * (HEAP + ORDERED)))
+    assert many > 5 * one
 
 
-def test_updates_that_were_never_heap_only_weigh_as_inserts() -> None:
+def test_updates_that_were_never_heap_only_write_every_index() -> None:
+    """An update that is not HOT writes each index a whole part, in order or not:
+    the row's key goes where it sorts."""
     writes = TableWrites([update(100, 40.0, "v")], updated=100, hot=0)
-    cost = added_cost(writes, frozenset({"v"}), 1.0, parts=2, indexed={"id"})
-    assert cost.ms == pytest.approx(40.0 * 100 / (S + 200))
+    cost = added_cost(writes, index("v", ordered=True), [KEY])
+    assert cost.ms == pytest.approx(40.0 * 100 / (S + 100 * (HEAP + 1)))
     assert cost.hot_lost == 0
 
 
 def test_heap_only_updates_cost_an_index_on_other_columns_nothing() -> None:
     writes = TableWrites([update(100, 40.0, "v")], updated=100, hot=100)
-    cost = added_cost(writes, frozenset({"c"}), 1.0, parts=2, indexed={"id"})
+    cost = added_cost(writes, index("c"), [KEY])
     assert (cost.ms, cost.hot_lost) == (0.0, 0)
 
 
 def test_an_index_on_an_updated_column_ends_heap_only_updates() -> None:
     """100 single-row HOT updates: each its own work and the heap's part. With the
-    index each writes the heap, the primary key and the new index: two parts more."""
+    index each also writes the primary key and the new index a part."""
     writes = TableWrites([update(100, 60.0, "v", calls=100)], updated=100, hot=100)
-    cost = added_cost(writes, frozenset({"v"}), 1.0, parts=2, indexed={"id"})
-    assert cost.ms == pytest.approx(60.0 * 2 / (S + 1))
+    cost = added_cost(writes, index("v"), [KEY])
+    assert cost.ms == pytest.approx(60.0 * 2 / (S + HEAP))
     assert cost.hot_lost == 100
 
 
 def test_a_share_of_heap_only_rows() -> None:
-    """Half of 100 rows HOT: the statement's time is S + 50 * 1 + 50 * 2 parts. The
-    new index adds a part to each of the 50 others, and if it reads the updated column,
-    two parts to each of the 50 HOT ones."""
+    """Half of 100 rows HOT: the statement's time is its own work, 50 HOT rows of the
+    heap's part and 50 others of the heap's and the key's. The new index adds a part to
+    each of the 50 others, and if it reads the updated column, two to each HOT one."""
     writes = TableWrites([update(100, 60.0, "v")], updated=100, hot=50)
-    part = 60.0 / (S + 150)
-    elsewhere = added_cost(writes, frozenset({"c"}), 1.0, parts=2, indexed={"id"})
+    part = 60.0 / (S + 50 * HEAP + 50 * (HEAP + 1))
+    elsewhere = added_cost(writes, index("c"), [KEY])
     assert elsewhere.ms == pytest.approx(50 * part)
     assert elsewhere.hot_lost == 0
-    on_it = added_cost(writes, frozenset({"v"}), 1.0, parts=2, indexed={"id"})
-    assert on_it.ms == pytest.approx(150 * part)
+    on_it = added_cost(writes, index("v"), [KEY])
+    assert on_it.ms == pytest.approx((50 + 50 * 2) * part)
     assert on_it.hot_lost == 50
 
 
 def test_the_hot_share_counts_only_updates_no_index_blocks() -> None:
     """Two statements of 100 rows, one setting an indexed column (never HOT): the
     table's 100 HOT rows are all the other's, so an index elsewhere costs that one
-    nothing, and the blocked one a part per row, as an insert."""
+    nothing, and the blocked one a part per row."""
     writes = TableWrites([update(100, 40.0, "v"), update(100, 60.0, "k")], updated=200, hot=100)
-    cost = added_cost(writes, frozenset({"c"}), 1.0, parts=3, indexed={"id", "k"})
-    assert cost.ms == pytest.approx(60.0 * 100 / (S + 300))
+    cost = added_cost(writes, index("c"), [KEY, index("k")])
+    assert cost.ms == pytest.approx(60.0 * 100 / (S + 100 * (HEAP + 2)))
     assert cost.hot_lost == 0
 
 
-def test_an_update_whose_text_cannot_be_read_weighs_as_an_insert() -> None:
+def test_an_update_whose_text_cannot_be_read_is_taken_as_never_heap_only() -> None:
     writes = TableWrites([Write(100, 40.0, update=True, sets=None)], updated=100, hot=100)
-    cost = added_cost(writes, frozenset({"v"}), 1.0, parts=2, indexed={"id"})
-    assert cost.ms == pytest.approx(40.0 * 100 / (S + 200))
+    cost = added_cost(writes, index("v"), [KEY])
+    assert cost.ms == pytest.approx(40.0 * 100 / (S + 100 * (HEAP + 1)))
     assert cost.hot_lost == 0
 
 
@@ -134,6 +153,6 @@ def test_an_index_chosen_before_blocks_as_an_existing_one() -> None:
     """Once an index on ``v`` is suggested, the updates of ``v`` are not HOT any more:
     the next index on another column takes a part of each."""
     writes = TableWrites([update(100, 40.0, "v")], updated=100, hot=100)
-    cost = added_cost(writes, frozenset({"c"}), 1.0, parts=3, indexed={"id"}, chosen={"v"})
-    assert cost.ms == pytest.approx(40.0 * 100 / (S + 300))
+    cost = added_cost(writes, index("c"), [KEY], [index("v")])
+    assert cost.ms == pytest.approx(40.0 * 100 / (S + 100 * (HEAP + 2)))
     assert cost.hot_lost == 0

@@ -15,13 +15,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench import core_profile, single_user
+from bench import core_profile, single_user, write_cost
 from bench.__main__ import scenarios
 from bench.cpu import steal_and_total
 from bench.optimizer import SCRIPTS, median_interval, parse_args
 from bench.optimizer import main as optimizer_main
 from bench.report import NOT_BUILT
 from bench.wrk import parse
+from service.db.write_cost import HEAP_PART, ORDERED_PART, STATEMENT_PARTS
 from tests.support.private_postgres import private_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,6 +263,47 @@ def test_listing_bench_applies_the_recommendation_and_measures_both_sides() -> N
     before, after = (float(cell.split()[0].replace(",", "")) for cell in rows[0].split(" | ")[1:3])
     assert before > 0
     assert after > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.tools
+def test_write_cost_bench_sets_what_an_index_costs_beside_the_model(tmp_path: Path) -> None:
+    """One short round of each case: a measured ratio for each, and the model's, which
+    for the inserts follows from the statement's shape alone."""
+    output = tmp_path / "write_cost.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.write_cost",
+            "--runs",
+            "1",
+            "--seconds",
+            "1",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
+    assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")][1:]
+    cells = {row.split(" | ")[0].removeprefix("| "): row.split(" | ") for row in rows}
+    assert [case.name for case in write_cost.CASES] == list(cells), rows
+    for row in cells.values():
+        assert float(row[2]) > 0, row  # measured
+        assert float(row[3]) >= 1, row  # the model never has an index cost nothing
+    for case in write_cost.CASES[2:]:  # the inserts, on a table with an ordered key
+        per_call = case.rows_per_call
+        entry = ORDERED_PART if case.ordered else 1
+        own = STATEMENT_PARTS + per_call * (HEAP_PART + ORDERED_PART)
+        modelled = 1 + per_call * entry / own
+        assert float(cells[case.name][3]) == round(modelled, 2), case
 
 
 @pytest.mark.slow
