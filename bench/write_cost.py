@@ -94,6 +94,15 @@ CASES = [
         frozenset({"a"}),
     ),
     Case(
+        "update of full pages, index on a column it does not set",
+        _table(100),
+        "CREATE INDEX ON w (b)",
+        frozenset({"b"}),
+        _UPDATE,
+        1,
+        frozenset({"a"}),
+    ),
+    Case(
         "insert of one row, random key",
         [*_table(100), _SEQUENCE],
         "CREATE INDEX ON w (b)",
@@ -137,6 +146,8 @@ class Outcome:
     """Per round: time per statement with the index over without."""
     modelled: float
     """The model's: the statement's time with the index over without."""
+    hot: float | None
+    """For an UPDATE, the share of its rows that were HOT without the index."""
 
 
 async def _hot(url: str) -> tuple[int, int]:
@@ -194,7 +205,9 @@ async def run_case(
             file=sys.stderr,
             flush=True,
         )
-    return Outcome(case, ratios, model(case, *stats))
+    updated, hot = stats
+    share = hot / updated if case.sets is not None and updated else None
+    return Outcome(case, ratios, model(case, updated, hot), share)
 
 
 def render(args: argparse.Namespace, outcomes: list[Outcome], took: float) -> str:
@@ -205,14 +218,15 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], took: float) -> st
         f" (on core 1, the cluster on core 0); medians of {args.runs} rounds; took"
         f" {took:.0f} s.",
         "",
-        "| case | index | measured: time with / without | model | rounds |",
-        "|---|---|---:|---:|---|",
+        "| case | index | HOT without it | measured: time with / without | model | rounds |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for outcome in outcomes:
         measured = statistics.median(outcome.ratios)
         spread = ", ".join(f"{ratio:.2f}" for ratio in outcome.ratios)
+        hot = "" if outcome.hot is None else f"{outcome.hot:.0%}"
         lines.append(
-            f"| {outcome.case.name} | `{outcome.case.index}` | {measured:.2f}"
+            f"| {outcome.case.name} | `{outcome.case.index}` | {hot} | {measured:.2f}"
             f" | {outcome.modelled:.2f} | {spread} |"
         )
     return "\n".join(lines) + "\n"
