@@ -75,6 +75,7 @@ async def test_snapshots_keep_the_newest(db: Database) -> None:
     assert await snapshot_ids(db) == taken[-3:]
 
 
+@pytest.mark.own_cluster
 async def test_a_statement_whose_mean_grew_is_named() -> None:
     """With pg_stat_statements preloaded: a query that got slower between two snapshots
     (its table grew a hundredfold) is named with its text and both means; a query

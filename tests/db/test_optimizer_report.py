@@ -731,6 +731,7 @@ async def test_bloated_table_and_index(db: Database) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_inactive_replication_slots() -> None:
     """On a private cluster: a physical slot that reserved WAL and has no consumer is
     reported with the WAL it holds and the call that drops it; once dropped, the check
@@ -757,6 +758,7 @@ async def test_inactive_replication_slots() -> None:
 
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_replication_lag_seen_from_the_primary_and_the_standby() -> None:
     """A private primary and a streaming standby of it: quiet while the standby keeps
     up; with its replay paused and WAL written on the primary, the standby's report
@@ -816,6 +818,7 @@ async def test_replication_lag_seen_from_the_primary_and_the_standby() -> None:
 
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_server_settings() -> None:
     """A private cluster with unsafe settings and a max_wal_size that forces
     checkpoints: each is reported with the ALTER SYSTEM that fixes it (the statements
@@ -889,6 +892,7 @@ async def advised_database(*setup: str) -> AsyncIterator[Database]:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_slow_queries_and_suggested_indexes() -> None:
     """With pg_stat_statements preloaded and hypopg installed (a private cluster), a
     repeated sequential-scan query is listed as slow and gets the index that halves its
@@ -942,6 +946,7 @@ async def test_slow_queries_and_suggested_indexes() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_a_suggested_index_covers_the_foreign_key_it_indexes() -> None:
     """A slow ``ORDER BY ... LIMIT`` that walks the index of its sort column and filters
     every row on an unindexed foreign key: the advisor reads that filtered index scan
@@ -992,6 +997,7 @@ def findings_on(report: Report, table: str) -> list[Finding]:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_it() -> None:
     """The advice is for the workload: two slow statements filtering on the same column
     get one index between them, and an index on a table the workload writes to is
@@ -1042,6 +1048,7 @@ async def test_one_index_for_the_statements_it_serves_and_writes_weigh_against_i
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_an_index_weighs_the_heap_only_updates_it_would_end() -> None:
     """Updates that set only columns no index reads are heap-only (HOT) and write no
     index entry: an index on another column costs them nothing, and reads that save
@@ -1095,6 +1102,7 @@ async def test_an_index_weighs_the_heap_only_updates_it_would_end() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_an_index_whose_keys_arrive_in_order_costs_inserts_less() -> None:
     """Of two indexes the reads want as much, the one on a column whose values follow
     the rows' order (``pg_stats.correlation``) is charged a fraction of what the one on
@@ -1128,6 +1136,7 @@ async def test_an_index_whose_keys_arrive_in_order_costs_inserts_less() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_a_partial_index_for_statements_that_skip_null_rows() -> None:
     """Statements that read only the rows whose ``deleted_at IS NULL`` get a partial
     index under that predicate; applied as given, the planner uses it."""
@@ -1161,6 +1170,7 @@ async def test_a_partial_index_for_statements_that_skip_null_rows() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_an_expression_index_for_a_case_insensitive_lookup() -> None:
     """Statements that compare ``lower(email)`` get an index on that expression (one on
     the column would not serve them); applied as given, the planner uses it, and the
@@ -1197,6 +1207,7 @@ async def test_an_expression_index_for_a_case_insensitive_lookup() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
     """A slow join that hashes a whole table to match a few rows: the columns the join
     matches on are candidates too, and the joined table's index is suggested with the
@@ -1222,6 +1233,7 @@ async def test_a_join_gets_the_index_on_the_column_it_matches_on() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_the_advice_says_which_tables_it_planned_without_statistics() -> None:
     """A table never analyzed is planned on default estimates, which may hide the index
     it needs: the check says which tables those are."""
@@ -1246,6 +1258,7 @@ async def test_the_advice_says_which_tables_it_planned_without_statistics() -> N
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.tools
+@pytest.mark.own_cluster
 async def test_a_slow_statement_that_cannot_be_planned_any_more_is_left_out() -> None:
     """pg_stat_statements remembers statements on a table dropped since: the advisor
     cannot prepare those, skips them, and still advises on the rest."""

@@ -237,16 +237,18 @@ async def test_the_api_cache_and_optimizer_suites_pass_through_pgbouncer(
 ) -> None:
     """tests/api, tests/cache and tests/db again, every service URL on the test server
     going through PgBouncer (``TEST_PGBOUNCER_PORT``, see ``tests.helpers.service_url``),
-    but for the tests marked ``one_session``, the cache modules that reach no database
-    (NO_DATABASE), the tests of the SQLite store (named for it; they reach no server)
-    and, without ``--long``, LONG_ONLY."""
+    but for the tests marked ``one_session``, those marked ``own_cluster`` (they reach
+    only a cluster they start, never this PgBouncer), the cache modules that reach no
+    database (NO_DATABASE), the tests of the SQLite store (named for it; they reach no
+    server) and, without ``--long``, LONG_ONLY."""
     left_out = NO_DATABASE if request.config.getoption("--long") else NO_DATABASE + LONG_ONLY
     if os.environ.get("TEST_PGBOUNCER_PORT"):
         pytest.fail("already running through PgBouncer: this module must be left out")
     async with private_pgbouncer(pg_admin_url, pool_size=4) as running:
         env = {**os.environ, "TEST_PGBOUNCER_PORT": str(running.port)}
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
-        argv += ["-m", "not one_session", "-k", "not sqlite", "--ignore", str(Path(__file__))]
+        argv += ["-m", "not one_session and not own_cluster", "-k", "not sqlite"]
+        argv += ["--ignore", str(Path(__file__))]
         argv += [f"--ignore={module}" for module in left_out]
         argv += ["tests/api", "tests/cache", "tests/db"]
         process = await asyncio.create_subprocess_exec(
