@@ -47,6 +47,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bench import core_profile, single_user
 from bench.cpu import children, steal_and_total
+from bench.report import publish
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
@@ -296,7 +297,7 @@ async def measure(
             for attempt in range(args.attempts):
                 pair: dict[str, Run] = {}
                 for side in order:
-                    await run_sql(_sqlalchemy(sides[side]), *RESET)
+                    await run_sql(sqlalchemy_url(sides[side]), *RESET)
                     pair[side] = await asyncio.to_thread(
                         pgbench, sides[side], path, args.seconds, args.clients, work, args.perf
                     )
@@ -325,7 +326,7 @@ def _steal(pair: dict[str, Run]) -> float:
     return max(run.steal for run in pair.values())
 
 
-def _sqlalchemy(dsn: str) -> str:
+def sqlalchemy_url(dsn: str) -> str:
     return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
@@ -388,7 +389,7 @@ async def single_user_costs(
     3 to 2,000: a scan of a second costs minutes under callgrind, and a short run of a
     fast statement counts the simulated cache's warming more than the statement."""
     for dsn in sides.values():
-        await run_sql(_sqlalchemy(dsn), *RESET)
+        await run_sql(sqlalchemy_url(dsn), *RESET)
     await cluster.stop()
     costs: dict[str, dict[str, single_user.Cost]] = {side: {} for side in sides}
     for name in measured[next(iter(sides))]:
@@ -525,7 +526,7 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -547,9 +548,9 @@ def _share(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.optimizer", description=__doc__)
-    parser.add_argument("--runs", type=_at_least_one, default=3)
-    parser.add_argument("--seconds", type=_at_least_one, default=10)
-    parser.add_argument("--clients", type=_at_least_one, default=4)
+    parser.add_argument("--runs", type=at_least_one, default=3)
+    parser.add_argument("--seconds", type=at_least_one, default=10)
+    parser.add_argument("--clients", type=at_least_one, default=4)
     parser.add_argument(
         "--callgrind",
         action="store_true",
@@ -584,7 +585,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--attempts",
-        type=_at_least_one,
+        type=at_least_one,
         default=3,
         help="runs of a pair at most, the first included; the least stolen is kept",
     )
@@ -622,10 +623,10 @@ def main(argv: list[str] | None = None) -> int:
                 base = cluster.dsn.rsplit("/", 1)[0]
                 sides = {"before": f"{base}/shop", "after": f"{base}/shop_after"}
                 await run_sql(cluster.url, "CREATE DATABASE shop")
-                await build(_sqlalchemy(sides["before"]))
+                await build(sqlalchemy_url(sides["before"]))
                 await run_sql(cluster.url, "CREATE DATABASE shop_after TEMPLATE shop")
                 # The copy sees the workload once, then gets the report and its statements.
-                after_url = _sqlalchemy(sides["after"])
+                after_url = sqlalchemy_url(sides["after"])
                 await run_sql(after_url, "SELECT pg_stat_statements_reset()", *RESET)
                 await asyncio.to_thread(workload, sides["after"], scripts, args, work, 1)
                 report, took, applied = await report_and_apply(after_url)
@@ -642,9 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 return render(args, measured, took, applied, took_all) + costs
 
         text = asyncio.run(phases())
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
     return 0
 
 

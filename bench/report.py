@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.wrk import WrkResult
 
 NOT_BUILT = "not built"
+
+
+def publish(text: str, output: Path) -> None:
+    """A bench's report, printed and kept at ``output`` (its folder made if need be)."""
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
 
 
 @dataclass(slots=True)

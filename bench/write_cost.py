@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.optimizer import _at_least_one, _sqlalchemy, pgbench, pin_cluster, pinning, run_sql
+from bench.optimizer import at_least_one, pgbench, pin_cluster, pinning, run_sql, sqlalchemy_url
+from bench.report import publish
 from service.db.pool import ConnectionPool
 from service.db.write_cost import Shape, TableWrites, Write, added_cost
 from tests.support.private_postgres import private_postgres
@@ -186,7 +187,7 @@ async def run_case(
         order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
         tps: dict[str, float] = {}
         for side in order:
-            url = _sqlalchemy(sides[side])
+            url = sqlalchemy_url(sides[side])
             database = sides[side].rsplit("/", 1)[1]
             await run_sql(admin, f"DROP DATABASE IF EXISTS {database}")
             await run_sql(admin, f"CREATE DATABASE {database}")
@@ -234,9 +235,9 @@ def render(args: argparse.Namespace, outcomes: list[Outcome], took: float) -> st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.write_cost", description=__doc__)
-    parser.add_argument("--runs", type=_at_least_one, default=3)
-    parser.add_argument("--seconds", type=_at_least_one, default=5)
-    parser.add_argument("--clients", type=_at_least_one, default=4)
+    parser.add_argument("--runs", type=at_least_one, default=3)
+    parser.add_argument("--seconds", type=at_least_one, default=5)
+    parser.add_argument("--clients", type=at_least_one, default=4)
     parser.add_argument("--output", type=Path, default=Path("bench/results/write_cost.md"))
     return parser.parse_args(argv)
 
@@ -255,9 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         outcomes = asyncio.run(cases(Path(tmp)))
     text = render(args, outcomes, time.monotonic() - started)
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
     return 0
 
 

@@ -27,6 +27,19 @@ from tests.support.private_postgres import private_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def run_bench(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository's root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 WRK_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:1/results/x
   1 threads and 64 connections
@@ -198,14 +211,7 @@ def test_steal_is_read_per_core_from_the_kernel() -> None:
 @pytest.mark.tools
 def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
     output = tmp_path / "bench.md"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--output", str(output)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_bench("bench", "--smoke", "--output", str(output), timeout=120)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     report = output.read_text()
     assert report.strip() == completed.stdout.strip()
@@ -249,14 +255,7 @@ def test_smoke_run_prints_every_scenario_and_goal(tmp_path: Path) -> None:
 @pytest.mark.redis
 @pytest.mark.tools
 def test_listing_bench_applies_the_recommendation_and_measures_both_sides() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.listing", "--runs", "1", "--seconds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    completed = run_bench("bench.listing", "--runs", "1", "--seconds", "1", timeout=180)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "the report recommended `VACUUM (ANALYZE) public.results;`" in completed.stdout
     rows = [line for line in completed.stdout.splitlines() if line.startswith("| first page")]
@@ -272,23 +271,8 @@ def test_write_cost_bench_sets_what_an_index_costs_beside_the_model(tmp_path: Pa
     """One short round of each case: a measured ratio for each, and the model's, which
     for the inserts follows from the statement's shape alone."""
     output = tmp_path / "write_cost.md"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.write_cost",
-            "--runs",
-            "1",
-            "--seconds",
-            "1",
-            "--output",
-            str(output),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    completed = run_bench(
+        "bench.write_cost", "--runs", "1", "--seconds", "1", "--output", str(output)
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
     assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
@@ -316,26 +300,10 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
     """One short run of each script on each side: the statements applied are listed,
     and every script has figures on both sides."""
     output = tmp_path / "optimizer.md"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.optimizer",
-            "--runs",
-            "1",
-            "--seconds",
-            "1",
-            "--attempts",
-            "1",
-            "--perf",
-            "--output",
-            str(output),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    completed = run_bench(
+        "bench.optimizer",
+        *("--runs", "1", "--seconds", "1", "--attempts", "1", "--perf"),
+        *("--output", str(output)),
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
     assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
