@@ -113,6 +113,26 @@ def test_optimizer_bench_refuses_counts_it_cannot_run(
     assert message in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runs", "0"], "must be 1 or more, not 0"),
+        (["--clients", "-1"], "must be 1 or more, not -1"),
+        (["--seconds", "five"], "must be a whole number, not 'five'"),
+    ],
+)
+def test_write_cost_bench_refuses_counts_it_cannot_run(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the optimizer bench: refused at once, naming the option, before any cluster."""
+    with pytest.raises(SystemExit) as exited:
+        write_cost.parse_args(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err
+    assert message in err
+
+
 PERF_REPORT = """\
 # To display the perf.data header info, please use --header/--header-only options.
 #
