@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError
 from bench import core_profile, single_user
 from bench.cpu import children, steal_and_total
 from bench.report import publish
+from service.db.diagnostics import Thresholds
 from service.db.optimization import QueryOptimizer
 from service.db.pool import ConnectionPool
 from service.db.report import Finding, Report
@@ -252,13 +253,15 @@ def _pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> 
     ).stdout
 
 
-def workload(
-    dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path, runs: int
-) -> None:
-    """``runs`` rounds of every script, one at a time, unmeasured."""
-    for _ in range(runs):
-        for path in scripts.values():
-            pgbench(dsn, path, args.seconds, args.clients, work)
+def workload(dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path) -> None:
+    """Every script, one at a time, unmeasured, each for ``args.seconds`` and then again
+    until it has run as many times as the report asks of a slow statement
+    (``Thresholds.slow_query_calls``, PgHero's 100): with one client and a few seconds,
+    a scan of 60 ms would stop short of it, and the report would not see it."""
+    for path in scripts.values():
+        done = 0
+        while done < Thresholds().slow_query_calls:
+            done += pgbench(dsn, path, args.seconds, args.clients, work).transactions
 
 
 async def run_sql(url: str, *statements: str) -> None:
@@ -628,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The copy sees the workload once, then gets the report and its statements.
                 after_url = sqlalchemy_url(sides["after"])
                 await run_sql(after_url, "SELECT pg_stat_statements_reset()", *RESET)
-                await asyncio.to_thread(workload, sides["after"], scripts, args, work, 1)
+                await asyncio.to_thread(workload, sides["after"], scripts, args, work)
                 report, took, applied = await report_and_apply(after_url)
                 print(report.as_text(), file=sys.stderr)
                 chosen = {name: scripts[name] for name in args.only or scripts}
