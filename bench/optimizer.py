@@ -4,17 +4,22 @@ A private PostgreSQL cluster (``pg_stat_statements`` preloaded; hypopg and pgsta
 installed) gets a database of a common shape: customers, their orders and their events,
 about a million rows, with the faults a real one collects: a foreign key without an
 index, a duplicate index, an index nothing uses, a table bloated by updates with
-autovacuum off for it, statistics never gathered. pgbench runs one custom script at a
-time (reads by customer, a read by primary key, an insert): tps and latency
-percentiles from its per-transaction log.
+autovacuum off for it, statistics never gathered. pgbench runs the custom scripts
+(reads by customer, a read by primary key, an insert) one at a time, which shows what
+the advice does to each statement's own cost, and then all at the same time, each by
+a pgbench of its own, as an application's parts share one database, which shows what
+it does to the workload: there a slow statement also slows every other by taking the
+core from them. Each gives tps and latency percentiles from pgbench's
+per-transaction logs.
 
 The database is then copied (``CREATE DATABASE ... TEMPLATE``): the copy runs the
 workload once, so that pg_stat_statements has seen it there, gets the optimizer's
 report, and has every finding whose statement :meth:`QueryOptimizer.apply` accepts
 applied, exactly as given and in report order. The measured runs then alternate
-between the untouched database (before) and the copy (after), script by script, so
-both sides share the machine's drift; ``--runs`` runs of each script on each side,
-medians, and for each ratio the interval that holds its median with a known chance.
+between the untouched database (before) and the copy (after), script by script and
+then all scripts together, so both sides share the machine's drift; ``--runs`` runs of
+each on each side, medians, and for each ratio the interval that holds its median with
+a known chance.
 Each run starts from the same orders: the rows earlier inserts added are deleted
 first. On a shared virtual machine the host takes a core away in bursts (steal, in
 ``/proc/stat``): a pair of runs during which it took more than ``--max-steal`` of a
@@ -183,11 +188,31 @@ def pin_cluster(data: Path) -> None:
 def pgbench(
     dsn: str, script: Path, seconds: int, clients: int, work: Path, profile: bool = False
 ) -> Run:
-    """One pgbench run of ``script``: tps and latency percentiles from its log, and the
-    steal on the cores it ran on (all of them when nothing is pinned). With ``profile``
-    (pinned only), the cluster's core is sampled with perf during the run."""
-    for old in work.glob("pgbench_log.*"):
-        old.unlink()
+    """One pgbench run of ``script`` alone: tps and latency percentiles from its log, and
+    the steal on the cores it ran on (all of them when nothing is pinned). With
+    ``profile`` (pinned only), the cluster's core is sampled with perf during the run."""
+    return pgbench_at_once(dsn, {"": script}, seconds, clients, work, profile)[""]
+
+
+def pgbench_at_once(
+    dsn: str,
+    scripts: dict[str, Path],
+    seconds: int,
+    clients: int,
+    work: Path,
+    profile: bool = False,
+) -> dict[str, Run]:
+    """``scripts`` (name to file) run at the same time, each by a pgbench of its own with
+    ``clients`` clients, as the parts of an application share one database: each
+    script's tps and latency percentiles from its own log, and the steal on the cores
+    they ran on, which all of them share. With ``profile``, the cluster's core is
+    sampled during the run (what it adds up is the whole core's, so it is each
+    script's own only when it runs alone)."""
+    logs = {name: work / f"pgbench{number}" for number, name in enumerate(scripts)}
+    for log in logs.values():
+        log.mkdir(exist_ok=True)
+        for old in log.glob("pgbench_log.*"):
+            old.unlink()
     cores = {DATABASE_CORE, CLIENT_CORE} if pinning() else None
     samples = work / "perf.data"
     sampling = (
@@ -195,23 +220,37 @@ def pgbench(
     )
     steal_from, total_from = steal_and_total(cores)
     with sampling:
-        out = _pgbench(dsn, script, seconds, clients, work)
+        running = {
+            name: _pgbench(dsn, scripts[name], seconds, clients, log) for name, log in logs.items()
+        }
+        try:
+            outs = {name: _finished(process) for name, process in running.items()}
+        finally:
+            for process in running.values():  # the others, when one failed
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     steal_to, total_to = steal_and_total(cores)
-    tps = _reading(out, "tps =")
+    steal = (steal_to - steal_from) / max(1, total_to - total_from)
+    sampled = core_profile.read(samples) if profile else Counter()
+    return {name: _run(outs[name], logs[name], steal, sampled) for name in scripts}
+
+
+def _run(out: str, log: Path, steal: float, samples: Counter[str]) -> Run:
     latencies = sorted(
         int(line.split()[2]) / 1000
-        for log in work.glob("pgbench_log.*")
-        for line in log.read_text().splitlines()
+        for path in log.glob("pgbench_log.*")
+        for line in path.read_text().splitlines()
     )
     if not latencies:
         raise SystemExit(f"pgbench logged no transaction:\n{out}")
     return Run(
-        tps,
+        _reading(out, "tps ="),
         latencies[len(latencies) // 2],
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        (steal_to - steal_from) / max(1, total_to - total_from),
+        steal,
         int(_reading(out, "number of transactions actually processed:")),
-        core_profile.read(samples) if profile else Counter(),
+        samples,
     )
 
 
@@ -224,9 +263,12 @@ def _reading(out: str, label: str) -> float:
     )
 
 
-def _pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> str:
+def _pgbench(
+    dsn: str, script: Path, seconds: int, clients: int, log: Path
+) -> subprocess.Popen[str]:
+    """pgbench started on ``script``, its per-transaction log in the folder ``log``."""
     pinned = ["taskset", "-c", str(CLIENT_CORE)] if pinning() else []
-    return subprocess.run(
+    return subprocess.Popen(
         [
             *pinned,
             str(postgres_bin() / "pgbench"),
@@ -243,14 +285,22 @@ def _pgbench(dsn: str, script: Path, seconds: int, clients: int, work: Path) -> 
             str(script),
             "-l",
             "--log-prefix",
-            str(work / "pgbench_log"),
+            str(log / "pgbench_log"),
             dsn,
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
-        cwd=work,
-    ).stdout
+        cwd=log,
+    )
+
+
+def _finished(process: subprocess.Popen[str]) -> str:
+    """What pgbench printed, once it has ended; its error when it failed."""
+    out, err = process.communicate()
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, process.args, out, err)
+    return out
 
 
 def workload(dsn: str, scripts: dict[str, Path], args: argparse.Namespace, work: Path) -> None:
@@ -281,52 +331,70 @@ class Measured:
 
 
 async def measure(
-    sides: dict[str, str], scripts: dict[str, Path], args: argparse.Namespace, work: Path
+    sides: dict[str, str], groups: list[dict[str, Path]], args: argparse.Namespace, work: Path
 ) -> Measured:
-    """``args.runs`` rounds; in each, every script on every side (``sides``: name to
-    libpq DSN), one at a time, each run after the inserts of the ones before it are
-    deleted. Every other round goes through the sides in reverse order.
+    """``args.runs`` rounds; in each, every group of scripts (name to file) on every side
+    (``sides``: name to libpq DSN), one group at a time and the scripts of a group at
+    the same time (:func:`pgbench_at_once`), each run after the inserts of the ones
+    before it are deleted. Every other round goes through the sides in reverse order.
 
-    A script's pair of runs during which the host took more than ``args.max_steal`` of
+    A group's pair of runs during which the host took more than ``args.max_steal`` of
     a measured core, on either side, is run again, up to ``args.attempts`` times in
     all, and the pair with the least steal is kept: a burst of steal on one side of a
-    pair moves its ratio by more than the differences this bench is for."""
-    runs: dict[str, dict[str, list[Run]]] = {side: {name: [] for name in scripts} for side in sides}
+    pair moves its ratio by more than the differences this bench is for. With
+    ``args.perf``, the cluster's core is sampled during the runs of a script alone."""
+    runs: dict[str, dict[str, list[Run]]] = {
+        side: {name: [] for group in groups for name in group} for side in sides
+    }
     repeated = kept_with_steal = 0
     for round_number in range(args.runs):
         order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
-        for name, path in scripts.items():
-            kept: dict[str, Run] = {}
+        for group in groups:
+            profile = args.perf and len(group) == 1
+            kept: dict[str, dict[str, Run]] = {}
             for attempt in range(args.attempts):
-                pair: dict[str, Run] = {}
+                pair: dict[str, dict[str, Run]] = {}
                 for side in order:
                     await run_sql(sqlalchemy_url(sides[side]), *RESET)
                     pair[side] = await asyncio.to_thread(
-                        pgbench, sides[side], path, args.seconds, args.clients, work, args.perf
+                        pgbench_at_once,
+                        sides[side],
+                        group,
+                        args.seconds,
+                        args.clients,
+                        work,
+                        profile,
                     )
                 print(  # progress, and the spread the table sums up
-                    f"round {round_number + 1} {name} attempt {attempt + 1}: "
-                    + ", ".join(
-                        f"{side} {run.tps:,.0f} tps (steal {run.steal:.1%})"
-                        for side, run in pair.items()
+                    f"round {round_number + 1} {' + '.join(group)} attempt {attempt + 1}: "
+                    + "; ".join(
+                        f"{side} "
+                        + ", ".join(f"{run.tps:,.0f}" for run in side_runs.values())
+                        + f" tps (steal {_steal(side_runs):.1%})"
+                        for side, side_runs in pair.items()
                     ),
                     file=sys.stderr,
                     flush=True,
                 )
-                if not kept or _steal(pair) < _steal(kept):
+                if not kept or _pair_steal(pair) < _pair_steal(kept):
                     kept = pair
-                if _steal(pair) <= args.max_steal:
+                if _pair_steal(pair) <= args.max_steal:
                     break
                 if attempt + 1 < args.attempts:
                     repeated += 1
-            kept_with_steal += _steal(kept) > args.max_steal
+            kept_with_steal += _pair_steal(kept) > args.max_steal
             for side in sides:
-                runs[side][name].append(kept[side])
+                for name in group:
+                    runs[side][name].append(kept[side][name])
     return Measured(runs, repeated, kept_with_steal)
 
 
-def _steal(pair: dict[str, Run]) -> float:
-    return max(run.steal for run in pair.values())
+def _pair_steal(pair: dict[str, dict[str, Run]]) -> float:
+    return max(_steal(side_runs) for side_runs in pair.values())
+
+
+def _steal(runs: dict[str, Run]) -> float:
+    return max(run.steal for run in runs.values())
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -479,38 +547,52 @@ def _ratio(after: float, before: float) -> str:
 
 def render(
     args: argparse.Namespace,
-    measured: Measured,
+    alone: Measured,
+    together: Measured | None,
     report_seconds: float,
     applied: list[tuple[Finding, str]],
     elapsed: float,
 ) -> str:
-    before, after = measured.runs["before"], measured.runs["after"]
+    """The command, the statements applied, and the tps table of the scripts run all at
+    once (when more than one was measured) and of each run alone."""
     pinned = f" (on core {CLIENT_CORE}, the cluster on core {DATABASE_CORE})" if pinning() else ""
     only = "".join(f" --only '{name}'" for name in args.only or ())
     steal = f" --max-steal {args.max_steal:g} --attempts {args.attempts}"
     coverage = median_interval([0.0] * args.runs)[2]
+    measured = [alone, *([together] if together else [])]
+    pairs = args.runs * (len(alone.runs["before"]) + (1 if together else 0))
+    at_once = " and all of them at once, each by its own pgbench," if together else ""
     lines = [
         f"`python -m bench.optimizer --runs {args.runs} --seconds {args.seconds}"
         f" --clients {args.clients}{steal}{only}{' --perf' if args.perf else ''}"
         f"{' --callgrind' if args.callgrind else ''}"
         f"{f' --last-level {args.last_level}' if args.last_level else ''}`:"
         f" {CUSTOMERS:,} customers, {ORDERS:,} orders,"
-        f" {EVENTS:,} events; pgbench -M prepared, one script at a time"
-        f"{pinned}, medians of"
-        f" {args.runs} rounds, each running every script on the database as built and on"
-        f" its copy with the advice applied, side by side (after / before: the median of"
-        f" the rounds' ratios, and the interval that holds the median of such ratios with"
-        f" a chance of {coverage:.1%}); a pair of runs during which the host took more"
-        f" than {args.max_steal:.0%} of a measured core was run again, up to"
-        f" {args.attempts} times in all ({measured.repeated} pairs run again of"
-        f" {args.runs * len(before)}; {measured.kept_with_steal} kept above it); the report took"
+        f" {EVENTS:,} events; pgbench -M prepared with {args.clients}"
+        f" client{'' if args.clients == 1 else 's'} a script"
+        f"{pinned}, medians of {args.runs} rounds, each running every script alone{at_once}"
+        f" on the database as built and on its copy with the advice applied, side by side"
+        f" (after / before: the median of the rounds' ratios, and the interval that holds"
+        f" the median of such ratios with a chance of {coverage:.1%}); a pair of runs"
+        f" during which the host took more than {args.max_steal:.0%} of a measured core"
+        f" was run again, up to {args.attempts} times in all"
+        f" ({sum(m.repeated for m in measured)} pairs run again of {pairs};"
+        f" {sum(m.kept_with_steal for m in measured)} kept above it); the report took"
         f" {report_seconds:.2f} s; took {elapsed:.0f} s.",
         "",
         "Applied, in report order:",
         "",
     ]
     lines += [f"- `{finding.ddl}` ({outcome})" for finding, outcome in applied]
-    lines += [
+    if together:
+        lines += ["", "The workload, every script at the same time:", *_tps_table(together)]
+    lines += ["", "Each script alone:", *_tps_table(alone)]
+    return "\n".join(lines) + "\n"
+
+
+def _tps_table(measured: Measured) -> list[str]:
+    before, after = measured.runs["before"], measured.runs["after"]
+    lines = [
         "",
         "| script | before tps | before p99 ms | after tps | after p99 ms | after / before"
         " | interval |",
@@ -526,7 +608,7 @@ def render(
             f" | {median(after[name], 'p99_ms'):.1f} | {statistics.median(ratios):.2f}"
             f" | {low:.2f}-{high:.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def at_least_one(text: str) -> int:
@@ -577,7 +659,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=list(SCRIPTS),
-        help="measure this script only (repeat for several); the report still sees all",
+        help="measure this script only (repeat for several, which then also run at the same"
+        " time); the report still sees all",
     )
     parser.add_argument(
         "--max-steal",
@@ -635,15 +718,14 @@ def main(argv: list[str] | None = None) -> int:
                 report, took, applied = await report_and_apply(after_url)
                 print(report.as_text(), file=sys.stderr)
                 chosen = {name: scripts[name] for name in args.only or scripts}
-                measured = await measure(sides, chosen, args, work)
-                costs = render_profiles(measured.runs) if args.perf else ""
+                alone = await measure(sides, [{n: p} for n, p in chosen.items()], args, work)
+                together = await measure(sides, [chosen], args, work) if len(chosen) > 1 else None
+                costs = render_profiles(alone.runs) if args.perf else ""
                 if args.callgrind:
-                    counted = await single_user_costs(
-                        cluster, sides, measured.runs, args.last_level
-                    )
+                    counted = await single_user_costs(cluster, sides, alone.runs, args.last_level)
                     costs += render_costs(counted)
                 took_all = time.monotonic() - started
-                return render(args, measured, took, applied, took_all) + costs
+                return render(args, alone, together, took, applied, took_all) + costs
 
         text = asyncio.run(phases())
     publish(text, args.output)

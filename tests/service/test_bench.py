@@ -317,8 +317,8 @@ def test_write_cost_bench_sets_what_an_index_costs_beside_the_model(tmp_path: Pa
 @pytest.mark.postgres
 @pytest.mark.tools
 def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Path) -> None:
-    """One short run of each script on each side: the statements applied are listed,
-    and every script has figures on both sides."""
+    """One short run of each script on each side, alone and all at once: the statements
+    applied are listed, and every script has figures on both sides in both tables."""
     output = tmp_path / "optimizer.md"
     completed = run_bench(
         "bench.optimizer",
@@ -328,18 +328,22 @@ def test_optimizer_bench_applies_the_report_and_measures_both_sides(tmp_path: Pa
     assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
     assert output.read_text() == completed.stdout.rstrip("\n") + "\n"
     assert "- `CREATE INDEX CONCURRENTLY ON public.orders (customer_id);`" in completed.stdout
-    tables = completed.stdout.split("\n\n| script")  # the applied list, tps, perf
-    assert len(tables) == 3, completed.stdout
-    rows = [line for line in tables[1].splitlines() if line.startswith("| ")]
-    assert len(rows) == 4, rows
-    for row in rows:
-        before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
-        assert before > 0, row
-        assert after > 0, row
-        cells = row.rstrip(" |").split(" | ")
-        low, high = (float(end) for end in cells[6].split("-"))
-        assert low == high == float(cells[5]), row  # one round: its ratio, both ends
-    profiled = [line for line in tables[2].splitlines() if line.startswith("| ")]
+    # The applied list, tps together, tps alone, perf.
+    tables = completed.stdout.split("\n\n| script")
+    assert len(tables) == 4, completed.stdout
+    assert tables[0].endswith("The workload, every script at the same time:")
+    assert tables[1].endswith("Each script alone:")
+    for table in tables[1:3]:
+        rows = [line for line in table.splitlines() if line.startswith("| ")]
+        assert [row.split(" | ")[0] for row in rows] == [f"| {name}" for name in SCRIPTS]
+        for row in rows:
+            before, after = (float(cell.replace(",", "")) for cell in row.split(" | ")[1:4:2])
+            assert before > 0, row
+            assert after > 0, row
+            cells = row.rstrip(" |").split(" | ")
+            low, high = (float(end) for end in cells[6].split("-"))
+            assert low == high == float(cells[5]), row  # one round: its ratio, both ends
+    profiled = [line for line in tables[3].splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in profiled] == [f"| {name}" for name in SCRIPTS]
     for row in profiled:
         cells = row.rstrip(" |").split(" | ")
