@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -91,42 +92,28 @@ def test_median_interval_takes_the_order_statistics_that_hold_the_median() -> No
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("parse_argv", "argv", "message"),
     [
-        (["--attempts", "0"], "must be 1 or more, not 0"),
-        (["--runs", "-2"], "must be 1 or more, not -2"),
-        (["--max-steal", "5"], "must be a share from 0 to 1, not 5.0"),
-        (["--seconds", "ten"], "must be a whole number, not 'ten'"),
-        (["--max-steal", "some"], "must be a number, not 'some'"),
+        (parse_args, ["--attempts", "0"], "must be 1 or more, not 0"),
+        (parse_args, ["--runs", "-2"], "must be 1 or more, not -2"),
+        (parse_args, ["--max-steal", "5"], "must be a share from 0 to 1, not 5.0"),
+        (parse_args, ["--seconds", "ten"], "must be a whole number, not 'ten'"),
+        (parse_args, ["--max-steal", "some"], "must be a number, not 'some'"),
+        (write_cost.parse_args, ["--runs", "0"], "must be 1 or more, not 0"),
+        (write_cost.parse_args, ["--clients", "-1"], "must be 1 or more, not -1"),
+        (write_cost.parse_args, ["--seconds", "five"], "must be a whole number, not 'five'"),
     ],
 )
-def test_optimizer_bench_refuses_counts_it_cannot_run(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+def test_the_database_benches_refuse_counts_they_cannot_run(
+    parse_argv: Callable[[list[str]], object],
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A count that would leave a round without runs is refused at once, naming the
-    option, not after the database is built."""
+    option, not after the database is built (``bench.optimizer``, ``bench.write_cost``)."""
     with pytest.raises(SystemExit) as exited:
-        parse_args(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert argv[0] in err
-    assert message in err
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--runs", "0"], "must be 1 or more, not 0"),
-        (["--clients", "-1"], "must be 1 or more, not -1"),
-        (["--seconds", "five"], "must be a whole number, not 'five'"),
-    ],
-)
-def test_write_cost_bench_refuses_counts_it_cannot_run(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """As the optimizer bench: refused at once, naming the option, before any cluster."""
-    with pytest.raises(SystemExit) as exited:
-        write_cost.parse_args(argv)
+        parse_argv(argv)
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert argv[0] in err
